@@ -1,8 +1,19 @@
 """resefa_fast: region-based semantic factorization (ReSeFa, Zhu et al., ICML 2022), fast and tested.
 
-Importing this package never compiles anything; the CUDA extension is loaded lazily (see ``backend_info``).
+    >>> import resefa_fast as rf
+    >>> result = rf.factorize(jacobian, "eyes", k=16)        # one region: result.directions [16, d]
+    >>> bulk = rf.Factorizer(jacobian).factorize_many(boxes)  # thousands of regions: [R, 16, d]
+
+Importing this package never compiles anything; the CUDA extension is loaded lazily (see :func:`backend_info`).
 """
+from . import reference, regions
+from .api import Directions, Factorizer, factorize
+from .backends import backend_info
 from .errors import ResefaError
+from .regions import PRESETS, Box, box_mask, masks_from_labels, preset
 
 __version__ = "0.1.0"
-__all__ = ["ResefaError", "__version__"]
+__all__ = [
+    "Box", "Directions", "Factorizer", "PRESETS", "ResefaError", "backend_info", "box_mask", "factorize",
+    "masks_from_labels", "preset", "reference", "regions", "__version__",
+]

@@ -1,0 +1,127 @@
+"""Pieces every solver path shares: the problem's scale constants, the sign convention, the top-k eigensolver.
+
+Glossary (DESIGN.md §1): P pixels (rows of J), d latent dims, R regions, k directions, N latent codes.
+``m`` foreground weights, ``m_b`` background weights, ``B = Jᵀ diag(m) J``, ``A = Jᵀ diag(m_b) J``,
+``M_f = c_f B``, ``M_b = c_b A + a I`` with ``a = τ · tr(c_b A)``; directions solve ``M_f n = λ M_b n``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from ..errors import ResefaError, check
+
+NORMALIZATIONS = ("mean", "sum")
+
+
+@dataclass
+class Solution:
+    """Top-k solutions for R regions. ``eigenvalues`` ``[R, k]`` (largest first, on the M_f / M_b scale),
+    ``directions`` ``[R, k, d]`` (unit rows, deterministic sign), ``residuals`` ``[R, k]`` (see
+    :func:`relative_residuals`), ``info``: what ran (path, method, iterations, truncation bound...)."""
+
+    eigenvalues: torch.Tensor
+    directions: torch.Tensor
+    residuals: torch.Tensor
+    info: Dict = field(default_factory=dict)
+
+
+def scale_constants(foreground_sum: torch.Tensor, background_sum: torch.Tensor, normalize: str):
+    """``(c_f, c_b)`` per region: ``1/Σm, 1/Σm_b`` for "mean" (the original code), ``1, 1`` for "sum" (the
+    paper's literal form). Eigenvectors do not depend on it; eigenvalues do."""
+    if normalize == "mean":
+        return 1.0 / foreground_sum, 1.0 / background_sum
+    return torch.ones_like(foreground_sum), torch.ones_like(background_sum)
+
+
+def check_common_arguments(k: int, tau: float, normalize: str, dim: int) -> None:
+    """Checks shared by every path (the per-region rank check is :func:`check_k_against_regions`)."""
+    check(isinstance(k, int) and not isinstance(k, bool) and k >= 1, "k", "a positive integer", repr(k))
+    check(k <= dim, "k", f"at most the latent dimension d = {dim}", k)
+    check(isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 0, "tau", "a finite number >= 0", repr(tau))
+    check(normalize in NORMALIZATIONS, "normalize", f"one of {NORMALIZATIONS}", repr(normalize))
+
+
+def check_k_against_regions(k: int, foreground: torch.Tensor, channels: int = 1) -> None:
+    """M_f has rank at most the number of foreground rows: asking for more directions than that would return
+    arbitrary vectors of its null space."""
+    rows = int((foreground > 0).sum(dim=-1).min())
+    check(k <= rows, "k", f"at most the rank bound of the foreground Gram (the smallest region has {rows} "
+          "weighted pixel rows)", k)
+
+
+def canonical_directions(vectors: torch.Tensor) -> torch.Tensor:
+    """Unit-normalise directions ``[..., k, d]`` and fix their sign: the largest-magnitude component is positive.
+
+    Eigenvectors are defined up to sign; fixing it makes results comparable across paths, runs and devices."""
+    vectors = vectors / torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
+    index = vectors.abs().argmax(dim=-1, keepdim=True)
+    sign = torch.sign(torch.gather(vectors, -1, index))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return vectors * sign
+
+
+def relative_residuals(foreground_n: torch.Tensor, background_n: torch.Tensor, eigenvalues: torch.Tensor):
+    """``‖M_f n − λ M_b n‖ / (‖M_f n‖ + λ‖M_b n‖)`` per direction, from ``M_f n`` and ``M_b n`` ``[..., k, d]``.
+
+    Scale-invariant and computable on every path without forming ‖M_f‖; since ``‖M_f n‖ ≤ ‖M_f‖₂ ‖n‖`` and
+    ``λ‖M_b n‖ ≈ ‖M_f n‖`` at a solution, it is at least half of DESIGN.md's ``‖M_f n − λ M_b n‖/(‖M_f‖ ‖n‖)``."""
+    lam = eigenvalues.unsqueeze(-1)
+    numerator = torch.linalg.vector_norm(foreground_n - lam * background_n, dim=-1)
+    denominator = torch.linalg.vector_norm(foreground_n, dim=-1) + eigenvalues.abs() * torch.linalg.vector_norm(
+        background_n, dim=-1)
+    return numerator / denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
+
+
+def default_tolerance(dtype: torch.dtype) -> float:
+    """Residual tolerance of :func:`topk_eigh`, relative to the largest eigenvalue: a few hundred ulps of the
+    working precision (float32: ~2e-5, float64: ~5e-14), enough for the DESIGN.md §6 accuracy targets."""
+    return 200.0 * torch.finfo(dtype).eps
+
+
+def topk_eigh(
+    apply: Callable[[torch.Tensor], torch.Tensor],
+    size: int,
+    k: int,
+    *,
+    batch: Tuple[int, ...] = (),
+    dtype: torch.dtype = torch.float32,
+    device="cpu",
+    block: Optional[int] = None,
+    tol: Optional[float] = None,
+    max_iters: int = 500,
+    seed: int = 0,
+):
+    """Top-k eigenpairs of symmetric positive semi-definite operators given only as ``X -> apply(X)``.
+
+    Subspace iteration with a Rayleigh–Ritz step every iteration: X ``[*batch, size, b]`` (b ≥ k) is multiplied
+    by the operator and re-orthonormalised; the Ritz pairs of ``XᵀAX`` are the estimates. A pair has converged
+    when ``‖A x − θ x‖ ≤ tol · θ_1``. Each of the ``batch`` problems is independent; iteration stops when all
+    have converged or after ``max_iters``.
+
+    Returns ``(eigenvalues [*batch, k] descending, eigenvectors [*batch, size, k], residuals [*batch, k],
+    iterations, converged [*batch])``.
+    """
+    tol = default_tolerance(dtype) if tol is None else tol
+    b = min(size, block or max(2 * k, k + 8))
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    X = torch.randn(*batch, size, b, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    X = torch.linalg.qr(X).Q
+    iterations = 0
+    for iterations in range(1, max_iters + 1):
+        Y = apply(X)  # [*batch, size, b]
+        H = X.transpose(-1, -2) @ Y
+        theta, W = torch.linalg.eigh(0.5 * (H + H.transpose(-1, -2)))  # ascending
+        theta, W = theta.flip(-1), W.flip(-1)
+        X, Y = X @ W, Y @ W  # Ritz vectors and their images
+        residual = torch.linalg.vector_norm(Y[..., :k] - X[..., :k] * theta[..., None, :k], dim=-2)
+        scale = theta[..., :1].abs().clamp_min(torch.finfo(dtype).tiny)
+        residual = residual / scale
+        converged = (residual <= tol).all(dim=-1)
+        if bool(converged.all()):
+            break
+        X = torch.linalg.qr(Y).Q
+    return theta[..., :k], X[..., :k], residual, iterations, converged

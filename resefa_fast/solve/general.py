@@ -1,0 +1,107 @@
+"""General path: one region at a time, any background (DESIGN.md §2).
+
+Masked Grams ``B``, ``A`` (only the region's rows are read for B; ``A`` is ``G − B`` for the complement, or its own
+masked Gram for an explicit background), then one of two routes to the top-k of ``M_f n = λ M_b n``:
+
+- ``"cholesky"``: ``M_b = L Lᵀ`` and the top-k of ``x ↦ L⁻¹ M_f L⁻ᵀ x`` by subspace iteration (two triangular
+  solves and one product per block; no d×d eigendecomposition).
+- ``"woodbury"``: the paper's route (eqs. 10-12) with eq. 12 corrected: eigendecomposition ``c_b A = V D² Vᵀ``
+  truncated to the eigenvalues above ``woodbury_eps · a``, ``C = V D² Vᵀ + a I``,
+  ``C⁻¹ = (1/a)(I − V D̃ Vᵀ)`` with ``D̃ = D (aI + D²)⁻¹ D`` (the paper's ``aI − V D̃ Vᵀ`` is not the inverse), and
+  the symmetric form ``C^{-1/2} M_f C^{-1/2}``. Dropping eigenvalues below ``ε·a`` moves each generalised
+  eigenvalue by a relative ``ε`` at most.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..reference import cholesky_checked
+from ..regions import Regions
+from .common import Solution, canonical_directions, relative_residuals, scale_constants, topk_eigh
+
+METHODS = ("cholesky", "woodbury")
+
+
+def woodbury_inverse(V: torch.Tensor, D: torch.Tensor, a: float) -> torch.Tensor:
+    """``(V diag(D²) Vᵀ + a I)⁻¹ = (1/a)(I − V diag(D̃) Vᵀ)``, ``D̃ = D² / (a + D²)``, for V ``[d, r]`` with
+    orthonormal columns and D ``[r]`` — the correct form of the paper's eq. 12."""
+    d_tilde = D.square() / (a + D.square())
+    eye = torch.eye(V.shape[0], dtype=V.dtype, device=V.device)
+    return (eye - (V * d_tilde) @ V.transpose(0, 1)) / a
+
+
+def _region_matrices(J, foreground, background, explicit_background: bool, full_gram, tau, normalize):
+    """``(M_f, M_b, a)`` for one region in J's dtype. ``full_gram`` (JᵀJ) is reused for complement backgrounds."""
+    from ..gram import masked_grams  # local: gram dispatch may pick the CUDA twin
+
+    B = masked_grams(J, foreground[None])[0][0]
+    if explicit_background:
+        A = masked_grams(J, background[None])[0][0]
+    else:
+        A = full_gram - B
+    c_f, c_b = scale_constants(foreground.sum().to(J.dtype), background.sum().to(J.dtype), normalize)
+    M_f = c_f * B
+    M_b = c_b * A
+    a = tau * torch.diagonal(M_b).sum()
+    M_b.diagonal().add_(a)
+    return M_f, M_b, a
+
+
+def solve_general(
+    jacobian: torch.Tensor,
+    regions: Regions,
+    k: int,
+    tau: float,
+    normalize: str,
+    method: str = "cholesky",
+    tol: Optional[float] = None,
+    woodbury_eps: float = 1e-7,
+) -> Solution:
+    """Top-k directions of each region, one region at a time. ``jacobian`` ``[P, d]`` in the compute dtype."""
+    from ..gram import gram
+
+    J = jacobian
+    explicit = regions.background is not None
+    full_gram = None if explicit else gram(J)
+    background = regions.background_weights().to(J.dtype)
+    foreground = regions.foreground.to(J.dtype)
+    out_values, out_vectors, out_residuals, iterations = [], [], [], []
+    info = {"path": "general", "method": method, "dtype": str(J.dtype).replace("torch.", "")}
+    for r in range(len(regions)):
+        M_f, M_b, a = _region_matrices(J, foreground[r], background[r], explicit, full_gram, tau, normalize)
+        if method == "cholesky":
+            L = cholesky_checked(M_b, tau)
+            Lt = L.transpose(0, 1)
+
+            def apply(X):  # L⁻¹ M_f L⁻ᵀ X
+                Z = torch.linalg.solve_triangular(Lt, X, upper=True)
+                return torch.linalg.solve_triangular(L, M_f @ Z, upper=False)
+
+            values, Y, _, its, _ = topk_eigh(apply, J.shape[1], k, dtype=J.dtype, device=J.device, tol=tol)
+            n = torch.linalg.solve_triangular(Lt, Y, upper=True).transpose(0, 1)
+        else:
+            # c_b A = M_b − a I; keep the eigenpairs above woodbury_eps · a (the paper's truncated SVD of J_b).
+            eigenvalues_A, V = torch.linalg.eigh(M_b - a * torch.eye(M_b.shape[0], dtype=J.dtype, device=J.device))
+            keep = eigenvalues_A > woodbury_eps * a
+            V, D2 = V[:, keep], eigenvalues_A[keep]
+            inv_sqrt_a = a.rsqrt()
+            shrink = (D2 + a).rsqrt() - inv_sqrt_a  # C^{-1/2} = a^{-1/2} I + V diag(shrink) Vᵀ
+
+            def c_inv_sqrt(X):
+                return inv_sqrt_a * X + V @ (shrink[:, None] * (V.transpose(0, 1) @ X))
+
+            def apply(X):  # C^{-1/2} M_f C^{-1/2} X
+                return c_inv_sqrt(M_f @ c_inv_sqrt(X))
+
+            values, Y, _, its, _ = topk_eigh(apply, J.shape[1], k, dtype=J.dtype, device=J.device, tol=tol)
+            n = c_inv_sqrt(Y).transpose(0, 1)
+            info["woodbury_rank"] = int(keep.sum())
+        n = canonical_directions(n)
+        out_values.append(values)
+        out_vectors.append(n)
+        out_residuals.append(relative_residuals(n @ M_f, n @ M_b, values))
+        iterations.append(its)
+    info["iterations"] = iterations
+    return Solution(torch.stack(out_values), torch.stack(out_vectors), torch.stack(out_residuals), info)
