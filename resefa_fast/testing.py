@@ -7,7 +7,7 @@ fields blurred over the grid) and an orthonormal right factor ``W``.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,15 +29,17 @@ def random_jacobian(
     values ``(1 + i)^-decay`` (times sqrt(P)), spatially smooth over ``smooth`` pixels, plus ``noise`` (relative)."""
     H, W = grid
     P = channels * H * W
-    generator = torch.Generator().manual_seed(seed)
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)  # generated where it is used (d = 9216 is big)
+    options = {"generator": generator, "dtype": torch.float64, "device": device}
     rank = min(rank, dim, P)
-    fields = torch.randn(rank * channels, 1, H, W, generator=generator, dtype=torch.float64)
+    fields = torch.randn(rank * channels, 1, H, W, **options)
     if smooth > 1:
-        kernel = torch.ones(1, 1, smooth, smooth, dtype=torch.float64) / smooth ** 2
+        kernel = torch.ones(1, 1, smooth, smooth, dtype=torch.float64, device=device) / smooth ** 2
         fields = F.conv2d(fields, kernel, padding=smooth // 2)[..., :H, :W]
     U = torch.linalg.qr(fields.reshape(rank, P).transpose(0, 1)).Q  # [P, rank] smooth, orthonormal
-    V = torch.linalg.qr(torch.randn(dim, rank, generator=generator, dtype=torch.float64)).Q  # [d, rank]
-    s = (1.0 + torch.arange(rank, dtype=torch.float64)) ** -decay
+    V = torch.linalg.qr(torch.randn(dim, rank, **options)).Q  # [d, rank]
+    s = (1.0 + torch.arange(rank, dtype=torch.float64, device=device)) ** -decay
     J = (U * s) @ V.transpose(0, 1) * P ** 0.5
-    J = J + noise * torch.randn(P, dim, generator=generator, dtype=torch.float64) * (P / dim) ** 0.5 * s[0]
-    return J.to(device=device, dtype=dtype)
+    J += noise * (P / dim) ** 0.5 * torch.randn(P, dim, **options)
+    return J.to(dtype)

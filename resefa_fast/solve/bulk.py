@@ -149,15 +149,19 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
 
 
 def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize: str, solver: str = "auto",
-               tol: Optional[float] = None, memory_budget: int = 1 << 30) -> Solution:
+               tol: Optional[float] = None, memory_budget: Optional[int] = None) -> Solution:
     """Top-k directions for every region of ``regions`` (complement backgrounds only) from a :class:`BulkBasis`.
 
-    Regions are processed in chunks whose padded operand ``K̃`` fits ``memory_budget`` bytes; regions are sorted
-    by size first so a chunk pads little. ``solver``: "dense" (eigh of the small matrix), "iterative" (subspace
+    Regions are processed in chunks whose padded operands fit ``memory_budget`` bytes (default: a quarter of the
+    free GPU memory, or 512 MiB on the CPU); regions are sorted by size first so a chunk pads little. ``solver``: "dense" (eigh of the small matrix), "iterative" (subspace
     iteration), or "auto" (dense when the small matrix has at most 128 rows or on the CPU, else iterative)."""
     check(regions.background is None, "background",
           "None for the bulk path (it needs complement backgrounds; use the general path for explicit ones)")
     weights = regions.foreground.to(basis.JV.device)
+    if memory_budget is None:
+        memory_budget = 512 << 20
+        if weights.device.type == "cuda":
+            memory_budget = torch.cuda.mem_get_info(weights.device)[0] // 4
     R = weights.shape[0]
     P, r = basis.JV.shape
     counts = (weights > 0).sum(dim=1)

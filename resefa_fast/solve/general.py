@@ -32,8 +32,21 @@ def woodbury_inverse(V: torch.Tensor, D: torch.Tensor, a: float) -> torch.Tensor
     return (eye - (V * d_tilde) @ V.transpose(0, 1)) / a
 
 
+def _top_eigenpairs(S: torch.Tensor, k: int, tol: Optional[float], dense_max: int = 512):
+    """Top-k eigenpairs of a small symmetric PSD matrix: dense eigh up to ``dense_max`` rows, else subspace
+    iteration. Returns ``(values [k], vectors [m, k], iterations)``."""
+    if S.shape[0] <= dense_max:
+        values, vectors = torch.linalg.eigh(0.5 * (S + S.transpose(0, 1)))
+        return values.flip(0)[:k], vectors.flip(1)[:, :k], 0
+    values, vectors, _, its, converged = topk_eigh(lambda X: S @ X, S.shape[0], k, dtype=S.dtype, device=S.device,
+                                                   tol=tol)
+    if not bool(converged.all()):  # finish exactly rather than return unconverged pairs
+        return _top_eigenpairs(S, k, tol, dense_max=S.shape[0])
+    return values, vectors, its
+
+
 def _region_matrices(J, foreground, background, explicit_background: bool, full_gram, tau, normalize):
-    """``(M_f, M_b, a)`` for one region in J's dtype. ``full_gram`` (JᵀJ) is reused for complement backgrounds."""
+    """``(M_f, M_b, a, c_f)`` for one region in J's dtype. ``full_gram`` (JᵀJ) is reused for complement backgrounds."""
     from ..gram import masked_grams  # local: gram dispatch may pick the CUDA twin
 
     B = masked_grams(J, foreground[None])[0][0]
@@ -46,7 +59,7 @@ def _region_matrices(J, foreground, background, explicit_background: bool, full_
     M_b = c_b * A
     a = tau * torch.diagonal(M_b).sum()
     M_b.diagonal().add_(a)
-    return M_f, M_b, a
+    return M_f, M_b, a, c_f
 
 
 def solve_general(
@@ -70,8 +83,18 @@ def solve_general(
     out_values, out_vectors, out_residuals, iterations = [], [], [], []
     info = {"path": "general", "method": method, "dtype": str(J.dtype).replace("torch.", "")}
     for r in range(len(regions)):
-        M_f, M_b, a = _region_matrices(J, foreground[r], background[r], explicit, full_gram, tau, normalize)
-        if method == "cholesky":
+        M_f, M_b, a, c_f = _region_matrices(J, foreground[r], background[r], explicit, full_gram, tau, normalize)
+        rows = torch.nonzero(foreground[r]).flatten()
+        if method == "cholesky" and rows.numel() < J.shape[1]:
+            # M_f = c_f J_fᵀ diag(m) J_f has rank <= n_f < d: with F = L⁻¹ (√m J_f)ᵀ [d, n_f], the nonzero
+            # eigenvalues of L⁻¹ M_f L⁻ᵀ = c_f F Fᵀ are those of c_f FᵀF [n_f, n_f], eigenvectors y = F u.
+            L = cholesky_checked(M_b, tau)
+            F = torch.linalg.solve_triangular(
+                L, (J[rows] * foreground[r, rows].sqrt()[:, None]).transpose(0, 1), upper=False)
+            S = c_f * (F.transpose(0, 1) @ F)
+            values, U, its = _top_eigenpairs(S, k, tol)
+            n = torch.linalg.solve_triangular(L.transpose(0, 1), F @ U, upper=True).transpose(0, 1)
+        elif method == "cholesky":
             L = cholesky_checked(M_b, tau)
             Lt = L.transpose(0, 1)
 
