@@ -42,9 +42,12 @@ class Directions:
                           list(self.names), dict(self.info))
 
 
-def _compute_dtype(jac: JacobianInput, dtype) -> torch.dtype:
-    if dtype is None:
-        return torch.float64 if jac.values.dtype == torch.float64 else torch.float32
+def _compute_dtype(dtype) -> torch.dtype:
+    """The working precision of Grams, factorisations and eigensolvers. float64 by default: M_b's condition
+    number grows like 1/τ and float32 Grams then lose about three digits of λ (DESIGN.md §6 asks for 1e-4); on
+    data-centre GPUs (A100, H100) float64 matrix products run at the float32 rate. float32 is for GPUs with slow
+    float64."""
+    dtype = torch.float64 if dtype is None else dtype
     check(dtype in (torch.float32, torch.float64), "dtype", "torch.float32 or torch.float64", dtype)
     return dtype
 
@@ -76,7 +79,7 @@ def _package(solutions: List[Solution], regions: Regions, batched_latents: bool,
 def _prepare(jacobian, batched, grid, latents, backend, dtype):
     check(latents in LATENT_MODES, "latents", f"one of {LATENT_MODES}", repr(latents))
     jac = as_jacobian(jacobian, batched=batched, grid=grid)
-    compute_dtype = _compute_dtype(jac, dtype)
+    compute_dtype = _compute_dtype(dtype)
     ran, reason = resolve_backend(backend, jac.values.device)
     return jac, compute_dtype, ran, reason
 
@@ -116,7 +119,7 @@ def factorize(
             backgrounds, else cholesky.
         latents: for a batched Jacobian, ``"per_image"`` (one result per latent code) or ``"stack"`` (directions
             shared by all images: the N Jacobians' rows stacked into one problem).
-        dtype: compute dtype (default float32, or float64 for a float64 Jacobian). The reference is float64.
+        dtype: working precision (default float64, see ``_compute_dtype``; the Jacobian itself may be float32).
         batched, grid: layout hints for :func:`resefa_fast.inputs.as_jacobian`.
         tol: residual tolerance of the iterative top-k solver (default: a few hundred ulps of ``dtype``).
     """
@@ -142,11 +145,11 @@ def factorize(
         if chosen == "reference":
             solutions.append(reference.solve(J, solve_regions, k, tau, normalize))
         elif chosen == "bulk":
-            basis = precompute(J.to(compute_dtype))
+            basis = precompute(J, dtype=compute_dtype)
             solutions.append(solve_bulk(basis, solve_regions, k, tau, normalize, tol=tol))
         else:
-            solutions.append(solve_general(J.to(compute_dtype), solve_regions, k, tau, normalize, method=chosen,
-                                           tol=tol))
+            solutions.append(solve_general(J, solve_regions, k, tau, normalize, method=chosen, tol=tol,
+                                           dtype=compute_dtype))
     info = {"backend": ran, "backend_reason": reason, "tau": tau, "normalize": normalize, "latents": latents}
     return _package(solutions, regions, jac.batched and latents == "per_image", info)
 
@@ -175,7 +178,7 @@ class Factorizer:
         if latents == "stack" and self.jacobian.num_latents > 1:
             values = values.reshape(1, -1, self.jacobian.dim)
         self._values = values  # [N', P', d]
-        self.bases: List[BulkBasis] = [precompute(J.to(self.dtype), rank=rank, energy=energy) for J in values]
+        self.bases: List[BulkBasis] = [precompute(J, rank=rank, energy=energy, dtype=self.dtype) for J in values]
 
     def _regions(self, region, background=None) -> Regions:
         regions = as_regions(region, self.jacobian.grid, self.jacobian.num_pixels, self._values.device, background)
@@ -194,7 +197,7 @@ class Factorizer:
             if parsed.background is None:
                 solutions.append(solve_bulk(basis, parsed, k, tau, self.normalize, tol=self.tol))
             else:
-                solutions.append(solve_general(J.to(self.dtype), parsed, k, tau, self.normalize, tol=self.tol))
+                solutions.append(solve_general(J, parsed, k, tau, self.normalize, tol=self.tol, dtype=self.dtype))
         info = {"backend": self.backend, "backend_reason": self.backend_reason, "tau": tau,
                 "normalize": self.normalize, "latents": self.latents}
         return _package(solutions, parsed, self.jacobian.batched and self.latents == "per_image", info)

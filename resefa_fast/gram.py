@@ -20,41 +20,52 @@ def masked_grams(
     weights: torch.Tensor,
     out: Optional[torch.Tensor] = None,
     accumulate: bool = False,
+    dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(grams [R, d, d], traces [R])`` for ``jacobian`` ``[P, d]`` and ``weights`` ``[R, P]``.
+    """``(grams [R, d, d], traces [R])`` for ``jacobian`` ``[P, d]`` and ``weights`` ``[R, P]``, accumulated in
+    ``dtype`` (default: the Jacobian's).
 
     Only the rows with a non-zero weight are read for each mask (a box of 2,000 pixels costs 2,000 rows, not P).
     ``accumulate=True`` adds into ``out`` (pixel chunks streaming in); traces are then those of this chunk."""
+    dtype = dtype or jacobian.dtype
     R, d = weights.shape[0], jacobian.shape[1]
     if out is None:
-        out = torch.empty(R, d, d, dtype=jacobian.dtype, device=jacobian.device)
-    traces = torch.empty(R, dtype=jacobian.dtype, device=jacobian.device)
-    energies = row_energies(jacobian)  # [P]
+        out = torch.empty(R, d, d, dtype=dtype, device=jacobian.device)
+    traces = torch.empty(R, dtype=dtype, device=jacobian.device)
     for r in range(R):
         rows = torch.nonzero(weights[r]).flatten()
-        w = weights[r, rows].to(jacobian.dtype)
-        Jr = jacobian.index_select(0, rows)  # [n_r, d]
+        w = weights[r, rows].to(dtype)
+        Jr = jacobian.index_select(0, rows).to(dtype)  # [n_r, d]
         product = (Jr * w[:, None]).transpose(0, 1) @ Jr
         if accumulate:
             out[r] += product
         else:
             out[r] = product
-        traces[r] = (w * energies[rows]).sum()
+        traces[r] = (w * Jr.square().sum(dim=1)).sum()
     return out, traces
 
 
-def gram(jacobian: torch.Tensor, block: int = 2048) -> torch.Tensor:
-    """``JᵀJ`` ``[d, d]`` for ``jacobian`` ``[P, d]``, computing each off-diagonal block once and mirroring it
-    (about half the FLOPs of ``J.T @ J`` for large d)."""
+def gram(jacobian: torch.Tensor, dtype: Optional[torch.dtype] = None, block: int = 2048) -> torch.Tensor:
+    """``JᵀJ`` ``[d, d]`` for ``jacobian`` ``[P, d]``, accumulated in ``dtype`` (default: the Jacobian's).
+
+    Blocks on and above the diagonal are computed and mirrored (a torch-ops SYRK: 15 of 25 blocks at d = 9216),
+    and column blocks are converted to ``dtype`` as they are used, so a float64 Gram of a float32 Jacobian needs no
+    float64 copy of J."""
+    dtype = dtype or jacobian.dtype
     d = jacobian.shape[1]
     if d <= block:
-        return jacobian.transpose(0, 1) @ jacobian
-    out = torch.empty(d, d, dtype=jacobian.dtype, device=jacobian.device)
-    starts = list(range(0, d, block))
+        Jd = jacobian.to(dtype)
+        return Jd.transpose(0, 1) @ Jd
+    out = torch.empty(d, d, dtype=dtype, device=jacobian.device)
+    starts = range(0, d, block)
     for i in starts:
-        Ji = jacobian[:, i:i + block]
-        rest = jacobian[:, i:]
-        strip = Ji.transpose(0, 1) @ rest  # rows i-block, columns i..d
-        out[i:i + block, i:] = strip
-        out[i:, i:i + block] = strip.transpose(0, 1)
+        Ji = jacobian[:, i:i + block].to(dtype)
+        for j in starts:
+            if j < i:
+                continue
+            Jj = Ji if j == i else jacobian[:, j:j + block].to(dtype)
+            product = Ji.transpose(0, 1) @ Jj
+            out[i:i + block, j:j + block] = product
+            if j > i:
+                out[j:j + block, i:i + block] = product.transpose(0, 1)
     return out

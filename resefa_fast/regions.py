@@ -175,9 +175,12 @@ class Regions:
     def __len__(self) -> int:
         return self.foreground.shape[0]
 
-    def background_weights(self) -> torch.Tensor:
-        """The background weights ``[R, P]`` (explicit, or the complement)."""
-        return self.background if self.background is not None else 1.0 - self.foreground
+    def background_weights(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The background weights ``[R, P]`` in ``dtype`` (explicit, or the complement ``1 − m`` formed in
+        ``dtype``, so that it matches ``G − B`` of the bulk path to that precision even for soft masks)."""
+        if self.background is not None:
+            return self.background.to(dtype)
+        return 1.0 - self.foreground.to(dtype)
 
 
 def _flat_masks(masks: torch.Tensor, grid: Optional[Grid], num_pixels: int, argument: str) -> torch.Tensor:

@@ -9,15 +9,30 @@ from resefa_fast.testing import random_jacobian
 #: Devices every solver test runs on.
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-#: Accuracy targets of DESIGN.md §6, one row per compute dtype, each with its reason.
+#: Accuracy targets of DESIGN.md §6 by working precision (the ``dtype`` of the fast paths), each with its reason.
 TOLERANCES = {
-    # float32 paths: relative eigenvalue error 1e-4 (DESIGN.md §6); |cos| 0.9999 where the relative gap >= 1e-2.
-    torch.float32: {"eigenvalue_rtol": 1e-4, "min_abs_cos": 0.9999, "min_relative_gap": 1e-2,
-                    "max_residual": 1e-4},
-    # float64 paths: relative eigenvalue error 1e-10 (DESIGN.md §6).
-    torch.float64: {"eigenvalue_rtol": 1e-10, "min_abs_cos": 1 - 1e-10, "min_relative_gap": 1e-2,
-                    "max_residual": 1e-10},
+    # float32 working precision: DESIGN.md §6's 1e-4 and |cos| 0.9999 (where the relative gap >= 1e-2), unless a
+    # plain float32 dense computation (naive_float32) is itself worse on the problem: M_b's condition number grows
+    # like 1/τ, so float32 Grams can lose ~3 digits; then 2x its error plus a floor (STYLE.md, flash's rule).
+    torch.float32: {"eigenvalue_rtol": 1e-4, "min_abs_cos": 0.9999, "min_relative_gap": 1e-2},
+    # float64 working precision: relative eigenvalue error 1e-10 (DESIGN.md §6); directions to 1e-10.
+    torch.float64: {"eigenvalue_rtol": 1e-10, "min_abs_cos": 1 - 1e-10, "min_relative_gap": 1e-2},
 }
+
+
+def naive_float32(J, foreground, k, tau=1e-3):
+    """The plain float32 computation (float32 masked Grams, Cholesky, full eigh) of one region with a complement
+    background: ``(eigenvalues [k], directions [k, d])``. Its error sets the float32 tolerance floor."""
+    J = J.reshape(-1, J.shape[-1]).float()
+    m = foreground.float().reshape(-1).to(J.device)
+    M_f = (J * m[:, None]).T @ J / m.sum()
+    A = (J * (1 - m)[:, None]).T @ J / (1 - m).sum()
+    M_b = A + tau * torch.trace(A) * torch.eye(J.shape[1], device=J.device)
+    L = torch.linalg.cholesky(M_b)
+    C = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, M_f, upper=False).T, upper=False)
+    values, vectors = torch.linalg.eigh(0.5 * (C + C.T))
+    n = torch.linalg.solve_triangular(L.T, vectors.flip(1)[:, :k], upper=True).T
+    return values.flip(0)[:k], n / n.norm(dim=1, keepdim=True)
 
 
 def relative_gaps(eigenvalues):
@@ -31,16 +46,14 @@ def relative_gaps(eigenvalues):
 
 
 def assert_matches_reference(result_values, result_directions, ref_values, ref_directions, dtype,
-                             reference_next=None, require_checked=True):
+                             reference_next=None, require_checked=True, naive=None):
     """Compare a fast path's top-k with the reference by DESIGN.md §6 (eigenvectors up to sign, only where the
-    relative eigengap allows). ``reference_next``: the reference's (k+1)-th eigenvalue, for the last gap."""
-    tol = TOLERANCES[dtype]
+    relative eigengap allows). ``reference_next``: the reference's (k+1)-th eigenvalue, for the last gap.
+    ``require_checked``: fail when no direction has a gap large enough to be compared (a fixed test problem must
+    exercise the check). ``naive``: ``naive_float32(...)`` on the same problem, for float32 tolerances."""
+    tol = dict(TOLERANCES[dtype])
     values = result_values.double().cpu()
     ref_values = ref_values.double().cpu()
-    rel = (values - ref_values).abs() / ref_values.abs()
-    assert bool(torch.isfinite(values).all())
-    assert float(rel.max()) <= tol["eigenvalue_rtol"], f"eigenvalue rel. error {float(rel.max()):.3g}"
-    cos = (result_directions.double().cpu() * ref_directions.double().cpu()).sum(-1).abs()
     gaps = relative_gaps(ref_values)
     if reference_next is not None:
         last = (ref_values[..., -1] - reference_next.double().cpu()).abs() / ref_values[..., -1].abs()
@@ -48,11 +61,21 @@ def assert_matches_reference(result_values, result_directions, ref_values, ref_d
     else:
         gaps[..., -1] = 0  # unknown gap to the (k+1)-th: not checked
     checked = gaps >= tol["min_relative_gap"]
+    if naive is not None and dtype == torch.float32:
+        naive_rel = float(((naive[0].double().cpu() - ref_values).abs() / ref_values.abs()).max())
+        naive_cos = (naive[1].double().cpu() * ref_directions.double().cpu()).sum(-1).abs()
+        tol["eigenvalue_rtol"] = max(tol["eigenvalue_rtol"], 2 * naive_rel + 1e-6)
+        if bool(checked.any()):
+            tol["min_abs_cos"] = min(tol["min_abs_cos"], 1 - 2 * float(1 - naive_cos[checked].min()) - 1e-6)
+    rel = (values - ref_values).abs() / ref_values.abs()
+    assert bool(torch.isfinite(values).all())
+    assert float(rel.max()) <= tol["eigenvalue_rtol"], f"eigenvalue rel. error {float(rel.max()):.3g} > {tol}"
+    cos = (result_directions.double().cpu() * ref_directions.double().cpu()).sum(-1).abs()
     if not bool(checked.any()):
         assert not require_checked, "no direction had a gap large enough to be checked: pick another test problem"
         return
     worst = float(cos[checked].min())
-    assert worst >= tol["min_abs_cos"], f"|cos| with the reference {worst:.8f} < {tol['min_abs_cos']}"
+    assert worst >= tol["min_abs_cos"], f"|cos| with the reference {1 - worst:.3g} from 1 > {tol}"
 
 
 @pytest.fixture(params=DEVICES)

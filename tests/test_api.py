@@ -14,7 +14,8 @@ def test_result_conventions(make_jacobian):
     J = make_jacobian((16, 16), 20, seed=1)
     out = rf.factorize(J, (8, 8, 5, 5), k=5)
     assert out.directions.shape == (5, 20) and out.eigenvalues.shape == (5,) and out.residuals.shape == (5,)
-    assert torch.allclose(out.directions.norm(dim=1), torch.ones(5), atol=1e-6)
+    assert out.directions.dtype == torch.float64  # the default working precision
+    assert torch.allclose(out.directions.norm(dim=1), torch.ones(5, dtype=torch.float64), atol=1e-12)
     assert bool((out.eigenvalues[:-1] >= out.eigenvalues[1:]).all())
     largest = out.directions.gather(1, out.directions.abs().argmax(1, keepdim=True))
     assert bool((largest > 0).all())
@@ -35,7 +36,7 @@ def test_batched_latents_per_image_and_stacked():
     mask = rf.box_mask((6, 6, 4, 4), (12, 12)).flatten().repeat(3)
     ref = rf.factorize(rows, mask, k=4, backend="reference")
     assert_matches_reference(stacked.eigenvalues, stacked.directions, ref.eigenvalues[:3], ref.directions[:3],
-                             torch.float32, ref.eigenvalues[3])
+                             torch.float64, ref.eigenvalues[3])
     fz = rf.Factorizer(J, latents="stack").factorize((6, 6, 4, 4), k=3)
     assert torch.allclose(fz.eigenvalues, stacked.eigenvalues, rtol=1e-4)
 
@@ -48,7 +49,7 @@ def test_factorizer_matches_factorize_and_handles_explicit_backgrounds(make_jaco
     bg = fz.factorize((8, 8, 4, 6), k=4, background=(2, 2, 4, 4))
     assert bg.info["path"] == "general"
     ref = rf.factorize(J, (8, 8, 4, 6), k=5, background=(2, 2, 4, 4), backend="reference")
-    assert_matches_reference(bg.eigenvalues, bg.directions, ref.eigenvalues[:4], ref.directions[:4], torch.float32,
+    assert_matches_reference(bg.eigenvalues, bg.directions, ref.eigenvalues[:4], ref.directions[:4], torch.float64,
                              ref.eigenvalues[4])
 
 

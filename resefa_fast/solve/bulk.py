@@ -5,7 +5,7 @@ With ``A = G − B`` (``G = JᵀJ``) every region's pencil shares ``C = c_b G + 
 
     M_f n = λ M_b n   ⇔   B n = μ C n   ⇔   (C^{-1/2} B C^{-1/2}) y = μ y,   n = C^{-1/2} y
 
-Once per Jacobian: ``G = V Σ Vᵀ`` (float64 eigh by default), ``JV = J V`` ``[P, r]``, row energies ``e_p``.
+Once per Jacobian: ``G = V Σ Vᵀ`` (float64), ``JV = J V`` ``[P, r]``, row energies ``e_p``.
 Per region, with ``D_a = (c_b Σ + a)^{-1/2}`` and ``K̃ = diag(√m) · JV[region rows] · D_a`` (a gather and two
 scalings), ``μ`` are the squared singular values of K̃. Instead of μ, whose top values bunch up below ``1/c_b``
 when λ is large (slow for an iterative solver, and ``λ = μ c_f / (1 − μ c_b)`` would cancel), each region solves
@@ -51,14 +51,13 @@ class BulkBasis:
 
 
 def precompute(jacobian: torch.Tensor, rank: Optional[int] = None, energy: Optional[float] = None,
-               eigh_dtype: torch.dtype = torch.float64) -> BulkBasis:
-    """Eigenbasis of ``G = JᵀJ`` for ``jacobian`` ``[P, d]`` (compute dtype). ``rank`` keeps the leading r
+               dtype: torch.dtype = torch.float64, row_block: int = 8192) -> BulkBasis:
+    """Eigenbasis of ``G = JᵀJ`` for ``jacobian`` ``[P, d]`` (any float dtype). ``rank`` keeps the leading r
     eigenpairs, ``energy`` (in (0, 1]) the fewest whose eigenvalues sum to that fraction of ``tr G``; neither: all.
-    G and its eigh run in ``eigh_dtype`` (float64 by default: on an H100 it costs about what float32 does, and it
-    keeps the small eigenvalues that ``D_a`` amplifies accurate)."""
+    G and its eigh run in float64 (on an H100 about as fast as float32, and the small eigenvalues that ``D_a``
+    amplifies stay accurate); ``JV`` is stored in ``dtype``, the precision of every per-region step."""
     d = jacobian.shape[1]
-    G = gram(jacobian.to(eigh_dtype))
-    sigma, V = torch.linalg.eigh(G)
+    sigma, V = torch.linalg.eigh(gram(jacobian, dtype=torch.float64))
     sigma, V = sigma.flip(0).clamp_min(0), V.flip(1)
     keep = d
     if rank is not None:
@@ -68,10 +67,14 @@ def precompute(jacobian: torch.Tensor, rank: Optional[int] = None, energy: Optio
         keep = int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=sigma.dtype, device=sigma.device))) + 1
     keep = max(1, min(keep, d))
     discarded = float(sigma[keep]) if keep < d else 0.0
-    V = V[:, :keep]
-    JV = jacobian @ V.to(jacobian.dtype)  # [P, r]
-    return BulkBasis(V=V.to(jacobian.dtype), sigma=sigma[:keep], JV=JV,
-                     energies=row_energies(jacobian.to(eigh_dtype)), discarded=discarded)
+    V = V[:, :keep].to(dtype)
+    JV = torch.empty(jacobian.shape[0], keep, dtype=dtype, device=jacobian.device)
+    energies = torch.empty(jacobian.shape[0], dtype=torch.float64, device=jacobian.device)
+    for start in range(0, jacobian.shape[0], row_block):  # row blocks: no full-size copy of J in dtype
+        rows = jacobian[start:start + row_block]
+        JV[start:start + row_block] = rows.to(dtype) @ V
+        energies[start:start + row_block] = row_energies(rows.to(torch.float64))
+    return BulkBasis(V=V, sigma=sigma[:keep], JV=JV, energies=energies, discarded=discarded)
 
 
 def _gather_rows(weights: torch.Tensor):
@@ -154,7 +157,7 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
 
     Regions are processed in chunks whose padded operands fit ``memory_budget`` bytes (default: a quarter of the
     free GPU memory, or 512 MiB on the CPU); regions are sorted by size first so a chunk pads little. ``solver``: "dense" (eigh of the small matrix), "iterative" (subspace
-    iteration), or "auto" (dense when the small matrix has at most 128 rows or on the CPU, else iterative)."""
+    iteration), or "auto" (dense when the small matrix has at most 128 rows, else iterative)."""
     check(regions.background is None, "background",
           "None for the bulk path (it needs complement backgrounds; use the general path for explicit ones)")
     weights = regions.foreground.to(basis.JV.device)
@@ -187,7 +190,7 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
         m = min(n_max, r)
         chunk_solver = solver
         if solver == "auto":
-            chunk_solver = "dense" if (m <= 128 or weights.device.type == "cpu") else "iterative"
+            chunk_solver = "dense" if m <= 128 else "iterative"
         values, directions, residuals, bound, its = _solve_chunk(basis, weights[index], k, tau, normalize,
                                                                  chunk_solver, tol)
         out_values[index], out_directions[index], out_residuals[index] = values, directions, residuals

@@ -77,9 +77,10 @@ def relative_residuals(foreground_n: torch.Tensor, background_n: torch.Tensor, e
 
 
 def default_tolerance(dtype: torch.dtype) -> float:
-    """Residual tolerance of :func:`topk_eigh`, relative to the largest eigenvalue: a few hundred ulps of the
-    working precision (float32: ~2e-5, float64: ~5e-14), enough for the DESIGN.md §6 accuracy targets."""
-    return 200.0 * torch.finfo(dtype).eps
+    """Residual tolerance of :func:`topk_eigh`, relative to the largest eigenvalue: ``0.1·sqrt(eps)`` (float32
+    3.5e-5, float64 1.5e-9). A residual r moves an eigenvalue by about ``r²/gap`` and a direction by ``r/gap``, so
+    with relative gaps >= 1e-2 this meets DESIGN.md §6 (eigenvalues 1e-4 / 1e-10, |cos| >= 0.9999) with margin."""
+    return 0.1 * torch.finfo(dtype).eps ** 0.5
 
 
 def topk_eigh(
@@ -109,7 +110,8 @@ def topk_eigh(
     b = min(size, block or max(2 * k, k + 8))
     generator = torch.Generator(device="cpu").manual_seed(seed)
     X = torch.randn(*batch, size, b, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
-    X = torch.linalg.qr(X).Q
+    X = orthonormalize(X)
+    tiny = torch.finfo(dtype).eps
     iterations = 0
     for iterations in range(1, max_iters + 1):
         Y = apply(X)  # [*batch, size, b]
@@ -123,5 +125,20 @@ def topk_eigh(
         converged = (residual <= tol).all(dim=-1)
         if bool(converged.all()):
             break
-        X = torch.linalg.qr(Y).Q
+        # Next block: A X scaled column by column by its Ritz value (same span, but nearly orthonormal, so the
+        # Cholesky QR below is well conditioned); null-space columns keep their Ritz vector.
+        useful = theta > tiny * scale
+        X = orthonormalize(torch.where(useful[..., None, :], Y / torch.where(useful, theta, 1)[..., None, :], X))
     return theta[..., :k], X[..., :k], residual, iterations, converged
+
+
+def orthonormalize(Z: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of the columns of ``Z`` ``[*batch, m, b]`` by Cholesky QR, twice (CholQR2: a few batched
+    GEMMs and b×b factorisations, fast on GPUs where batched Householder QR loops over the batch). Falls back to
+    Householder QR when the block is numerically rank-deficient."""
+    for _ in range(2):
+        L, info = torch.linalg.cholesky_ex(Z.transpose(-1, -2) @ Z)
+        if bool((info != 0).any()):
+            return torch.linalg.qr(Z).Q
+        Z = torch.linalg.solve_triangular(L.transpose(-1, -2), Z, upper=True, left=False)  # Z L⁻ᵀ
+    return Z

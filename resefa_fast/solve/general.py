@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from ..gram import gram, masked_grams
 from ..reference import cholesky_checked
 from ..regions import Regions
 from .common import Solution, canonical_directions, relative_residuals, scale_constants, topk_eigh
@@ -45,16 +46,25 @@ def _top_eigenpairs(S: torch.Tensor, k: int, tol: Optional[float], dense_max: in
     return values, vectors, its
 
 
-def _region_matrices(J, foreground, background, explicit_background: bool, full_gram, tau, normalize):
-    """``(M_f, M_b, a, c_f)`` for one region in J's dtype. ``full_gram`` (JᵀJ) is reused for complement backgrounds."""
-    from ..gram import masked_grams  # local: gram dispatch may pick the CUDA twin
+def _topk_of_operator(apply, size: int, k: int, dtype, device, tol):
+    """Top-k of a d×d symmetric PSD operator by subspace iteration; if it has not converged, the operator is formed
+    (``apply(I)``) and solved densely rather than returning unconverged pairs."""
+    values, vectors, _, its, converged = topk_eigh(apply, size, k, dtype=dtype, device=device, tol=tol)
+    if not bool(converged.all()):
+        values, vectors, _ = _top_eigenpairs(apply(torch.eye(size, dtype=dtype, device=device)), k, tol,
+                                             dense_max=size)
+    return values, vectors, its
 
-    B = masked_grams(J, foreground[None])[0][0]
+
+def _region_matrices(J, foreground, background, explicit_background: bool, full_gram, tau, normalize, dtype):
+    """``(M_f, M_b, a, c_f)`` for one region, in ``dtype``. ``full_gram`` (JᵀJ) is reused for complement
+    backgrounds."""
+    B = masked_grams(J, foreground[None], dtype=dtype)[0][0]
     if explicit_background:
-        A = masked_grams(J, background[None])[0][0]
+        A = masked_grams(J, background[None], dtype=dtype)[0][0]
     else:
         A = full_gram - B
-    c_f, c_b = scale_constants(foreground.sum().to(J.dtype), background.sum().to(J.dtype), normalize)
+    c_f, c_b = scale_constants(foreground.sum().to(dtype), background.sum().to(dtype), normalize)
     M_f = c_f * B
     M_b = c_b * A
     a = tau * torch.diagonal(M_b).sum()
@@ -71,26 +81,27 @@ def solve_general(
     method: str = "cholesky",
     tol: Optional[float] = None,
     woodbury_eps: float = 1e-7,
+    dtype: torch.dtype = torch.float64,
 ) -> Solution:
-    """Top-k directions of each region, one region at a time. ``jacobian`` ``[P, d]`` in the compute dtype."""
-    from ..gram import gram
-
+    """Top-k directions of each region, one region at a time. ``jacobian`` ``[P, d]`` (any float dtype); Grams,
+    factorisations and eigensolvers run in ``dtype``."""
     J = jacobian
     explicit = regions.background is not None
-    full_gram = None if explicit else gram(J)
-    background = regions.background_weights().to(J.dtype)
-    foreground = regions.foreground.to(J.dtype)
+    full_gram = None if explicit else gram(J, dtype=dtype)
+    background = regions.background_weights(dtype)
+    foreground = regions.foreground.to(dtype)
     out_values, out_vectors, out_residuals, iterations = [], [], [], []
-    info = {"path": "general", "method": method, "dtype": str(J.dtype).replace("torch.", "")}
+    info = {"path": "general", "method": method, "dtype": str(dtype).replace("torch.", "")}
     for r in range(len(regions)):
-        M_f, M_b, a, c_f = _region_matrices(J, foreground[r], background[r], explicit, full_gram, tau, normalize)
+        M_f, M_b, a, c_f = _region_matrices(J, foreground[r], background[r], explicit, full_gram, tau, normalize,
+                                            dtype)
         rows = torch.nonzero(foreground[r]).flatten()
         if method == "cholesky" and rows.numel() < J.shape[1]:
             # M_f = c_f J_fᵀ diag(m) J_f has rank <= n_f < d: with F = L⁻¹ (√m J_f)ᵀ [d, n_f], the nonzero
             # eigenvalues of L⁻¹ M_f L⁻ᵀ = c_f F Fᵀ are those of c_f FᵀF [n_f, n_f], eigenvectors y = F u.
             L = cholesky_checked(M_b, tau)
             F = torch.linalg.solve_triangular(
-                L, (J[rows] * foreground[r, rows].sqrt()[:, None]).transpose(0, 1), upper=False)
+                L, (J[rows].to(dtype) * foreground[r, rows].sqrt()[:, None]).transpose(0, 1), upper=False)
             S = c_f * (F.transpose(0, 1) @ F)
             values, U, its = _top_eigenpairs(S, k, tol)
             n = torch.linalg.solve_triangular(L.transpose(0, 1), F @ U, upper=True).transpose(0, 1)
@@ -102,11 +113,11 @@ def solve_general(
                 Z = torch.linalg.solve_triangular(Lt, X, upper=True)
                 return torch.linalg.solve_triangular(L, M_f @ Z, upper=False)
 
-            values, Y, _, its, _ = topk_eigh(apply, J.shape[1], k, dtype=J.dtype, device=J.device, tol=tol)
+            values, Y, its = _topk_of_operator(apply, J.shape[1], k, dtype, J.device, tol)
             n = torch.linalg.solve_triangular(Lt, Y, upper=True).transpose(0, 1)
         else:
             # c_b A = M_b − a I; keep the eigenpairs above woodbury_eps · a (the paper's truncated SVD of J_b).
-            eigenvalues_A, V = torch.linalg.eigh(M_b - a * torch.eye(M_b.shape[0], dtype=J.dtype, device=J.device))
+            eigenvalues_A, V = torch.linalg.eigh(M_b - a * torch.eye(M_b.shape[0], dtype=dtype, device=J.device))
             keep = eigenvalues_A > woodbury_eps * a
             V, D2 = V[:, keep], eigenvalues_A[keep]
             inv_sqrt_a = a.rsqrt()
@@ -118,7 +129,7 @@ def solve_general(
             def apply(X):  # C^{-1/2} M_f C^{-1/2} X
                 return c_inv_sqrt(M_f @ c_inv_sqrt(X))
 
-            values, Y, _, its, _ = topk_eigh(apply, J.shape[1], k, dtype=J.dtype, device=J.device, tol=tol)
+            values, Y, its = _topk_of_operator(apply, J.shape[1], k, dtype, J.device, tol)
             n = c_inv_sqrt(Y).transpose(0, 1)
             info["woodbury_rank"] = int(keep.sum())
         n = canonical_directions(n)
