@@ -198,5 +198,5 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
         iterations.append(its)
         start = stop
     info = {"path": "bulk", "rank": basis.rank, "dtype": str(basis.JV.dtype).replace("torch.", ""),
-            "iterations": iterations, "truncation_bound": out_bound}
+            "applications": iterations, "truncation_bound": out_bound}
     return Solution(out_values, out_directions, out_residuals, info)

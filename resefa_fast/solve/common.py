@@ -21,7 +21,7 @@ NORMALIZATIONS = ("mean", "sum")
 class Solution:
     """Top-k solutions for R regions. ``eigenvalues`` ``[R, k]`` (largest first, on the M_f / M_b scale),
     ``directions`` ``[R, k, d]`` (unit rows, deterministic sign), ``residuals`` ``[R, k]`` (see
-    :func:`relative_residuals`), ``info``: what ran (path, method, iterations, truncation bound...)."""
+    :func:`relative_residuals`), ``info``: what ran (path, method, operator applications, truncation bound...)."""
 
     eigenvalues: torch.Tensor
     directions: torch.Tensor
@@ -93,43 +93,53 @@ def topk_eigh(
     device="cpu",
     block: Optional[int] = None,
     tol: Optional[float] = None,
-    max_iters: int = 500,
+    degree: int = 8,
+    max_applications: int = 4000,
     seed: int = 0,
 ):
     """Top-k eigenpairs of symmetric positive semi-definite operators given only as ``X -> apply(X)``.
 
-    Subspace iteration with a Rayleigh–Ritz step every iteration: X ``[*batch, size, b]`` (b ≥ k) is multiplied
-    by the operator and re-orthonormalised; the Ritz pairs of ``XᵀAX`` are the estimates. A pair has converged
-    when ``‖A x − θ x‖ ≤ tol · θ_1``. Each of the ``batch`` problems is independent; iteration stops when all
-    have converged or after ``max_iters``.
+    Chebyshev-filtered subspace iteration (Zhou & Saad): a block X ``[*batch, size, b]`` (b ≥ k) gets a Rayleigh–
+    Ritz step, then a degree-``degree`` Chebyshev polynomial of the operator that damps ``[0, θ_b]`` (θ_b the
+    smallest Ritz value of the block) and grows what lies above it, then is re-orthonormalised. For clustered
+    spectra this needs several times fewer operator applications than plain subspace iteration. A pair has
+    converged when ``‖A x − θ x‖ ≤ tol · θ_1``; each of the ``batch`` problems is independent and the loop stops
+    when all have converged (or after ``max_applications``).
 
     Returns ``(eigenvalues [*batch, k] descending, eigenvectors [*batch, size, k], residuals [*batch, k],
-    iterations, converged [*batch])``.
+    applications, converged [*batch])``.
     """
     tol = default_tolerance(dtype) if tol is None else tol
     b = min(size, block or max(2 * k, k + 8))
     generator = torch.Generator(device="cpu").manual_seed(seed)
     X = torch.randn(*batch, size, b, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
     X = orthonormalize(X)
-    tiny = torch.finfo(dtype).eps
-    iterations = 0
-    for iterations in range(1, max_iters + 1):
+    tiny = torch.finfo(dtype).tiny
+    applications = 0
+    while True:
         Y = apply(X)  # [*batch, size, b]
+        applications += 1
         H = X.transpose(-1, -2) @ Y
         theta, W = torch.linalg.eigh(0.5 * (H + H.transpose(-1, -2)))  # ascending
         theta, W = theta.flip(-1), W.flip(-1)
         X, Y = X @ W, Y @ W  # Ritz vectors and their images
         residual = torch.linalg.vector_norm(Y[..., :k] - X[..., :k] * theta[..., None, :k], dim=-2)
-        scale = theta[..., :1].abs().clamp_min(torch.finfo(dtype).tiny)
+        scale = theta[..., :1].abs().clamp_min(tiny)
         residual = residual / scale
         converged = (residual <= tol).all(dim=-1)
-        if bool(converged.all()):
+        if bool(converged.all()) or applications >= max_applications:
             break
-        # Next block: A X scaled column by column by its Ritz value (same span, but nearly orthonormal, so the
-        # Cholesky QR below is well conditioned); null-space columns keep their Ritz vector.
-        useful = theta > tiny * scale
-        X = orthonormalize(torch.where(useful[..., None, :], Y / torch.where(useful, theta, 1)[..., None, :], X))
-    return theta[..., :k], X[..., :k], residual, iterations, converged
+        # Chebyshev filter on [0, e], e = θ_b: T_j(2x/e − 1) by the three-term recurrence, starting from X and
+        # the already computed Y = A X; columns are rescaled together in both terms to stay in range.
+        e = theta[..., -1:].clamp_min(scale * 1e-3)[..., None, :]  # [*batch, 1, 1]
+        previous, current = X, (2.0 * Y - e * X) / e
+        for _ in range(degree - 1):
+            following = 2.0 * (2.0 * apply(current) - e * current) / e - previous
+            applications += 1
+            norm = torch.linalg.vector_norm(following, dim=-2, keepdim=True).clamp_min(tiny)
+            previous, current = current / norm, following / norm
+        X = orthonormalize(current)
+    return theta[..., :k], X[..., :k], residual, applications, converged
 
 
 def orthonormalize(Z: torch.Tensor) -> torch.Tensor:

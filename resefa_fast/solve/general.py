@@ -35,7 +35,7 @@ def woodbury_inverse(V: torch.Tensor, D: torch.Tensor, a: float) -> torch.Tensor
 
 def _top_eigenpairs(S: torch.Tensor, k: int, tol: Optional[float], dense_max: int = 512):
     """Top-k eigenpairs of a small symmetric PSD matrix: dense eigh up to ``dense_max`` rows, else subspace
-    iteration. Returns ``(values [k], vectors [m, k], iterations)``."""
+    iteration. Returns ``(values [k], vectors [m, k], operator applications)``."""
     if S.shape[0] <= dense_max:
         values, vectors = torch.linalg.eigh(0.5 * (S + S.transpose(0, 1)))
         return values.flip(0)[:k], vectors.flip(1)[:, :k], 0
@@ -117,9 +117,12 @@ def solve_general(
             n = torch.linalg.solve_triangular(Lt, Y, upper=True).transpose(0, 1)
         else:
             # c_b A = M_b − a I; keep the eigenpairs above woodbury_eps · a (the paper's truncated SVD of J_b).
-            eigenvalues_A, V = torch.linalg.eigh(M_b - a * torch.eye(M_b.shape[0], dtype=dtype, device=J.device))
+            # The eigendecomposition runs in float64 whatever the working dtype: a float32 eigh of A has an error
+            # constant large enough to miss the float32 tolerance once 1/τ amplifies it.
+            c_b_A = (M_b - a * torch.eye(M_b.shape[0], dtype=dtype, device=J.device)).double()
+            eigenvalues_A, V = torch.linalg.eigh(c_b_A)
             keep = eigenvalues_A > woodbury_eps * a
-            V, D2 = V[:, keep], eigenvalues_A[keep]
+            V, D2 = V[:, keep].to(dtype), eigenvalues_A[keep].to(dtype)
             inv_sqrt_a = a.rsqrt()
             shrink = (D2 + a).rsqrt() - inv_sqrt_a  # C^{-1/2} = a^{-1/2} I + V diag(shrink) Vᵀ
 
@@ -137,5 +140,5 @@ def solve_general(
         out_vectors.append(n)
         out_residuals.append(relative_residuals(n @ M_f, n @ M_b, values))
         iterations.append(its)
-    info["iterations"] = iterations
+    info["applications"] = iterations
     return Solution(torch.stack(out_values), torch.stack(out_vectors), torch.stack(out_residuals), info)
