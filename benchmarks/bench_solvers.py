@@ -90,8 +90,8 @@ def random_boxes(count, grid, seed=0):
     """Face-part-sized boxes (height 10-50, width 20-120 on 256², scaled to the grid), fully inside the grid."""
     rng = np.random.default_rng(seed)
     scale = grid / 256
-    h = np.maximum(2, (rng.integers(10, 51, count) * scale).astype(int))
-    w = np.maximum(2, (rng.integers(20, 121, count) * scale).astype(int))
+    h = np.maximum(5, (rng.integers(10, 51, count) * scale).astype(int))
+    w = np.maximum(5, (rng.integers(20, 121, count) * scale).astype(int))
     cx = rng.integers(h // 2 + 1, grid - h // 2 - 1)
     cy = rng.integers(w // 2 + 1, grid - w // 2 - 1)
     return np.stack([cx, cy, h, w], axis=1)

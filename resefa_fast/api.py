@@ -115,8 +115,8 @@ def factorize(
         normalize: ``"mean"`` (``c = 1/Σweights``, the original code) or ``"sum"`` (``c = 1``, the paper).
         backend: ``"auto"``, ``"torch"``, ``"cuda"`` or ``"reference"`` (:mod:`resefa_fast.backends`).
         method: ``"auto"``, ``"cholesky"`` / ``"woodbury"`` (general path, one region at a time) or ``"bulk"``
-            (shared eigenbasis; complement backgrounds). Auto: bulk for several regions with complement
-            backgrounds, else cholesky.
+            (shared eigenbasis; complement backgrounds; float64 only). Auto: bulk for several regions with
+            complement backgrounds in float64, else cholesky.
         latents: for a batched Jacobian, ``"per_image"`` (one result per latent code) or ``"stack"`` (directions
             shared by all images: the N Jacobians' rows stacked into one problem).
         dtype: working precision (default float64, see ``_compute_dtype``; the Jacobian itself may be float32).
@@ -137,7 +137,8 @@ def factorize(
     if ran == "reference":
         chosen = "reference"
     elif method == "auto":
-        chosen = "bulk" if (len(regions) > 1 and regions.background is None) else "cholesky"
+        bulk_fits = len(regions) > 1 and regions.background is None and compute_dtype == torch.float64
+        chosen = "bulk" if bulk_fits else "cholesky"
     else:
         chosen = method
     solutions = []

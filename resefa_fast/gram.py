@@ -30,40 +30,45 @@ def masked_grams(
     dtype = dtype or jacobian.dtype
     R, d = weights.shape[0], jacobian.shape[1]
     if out is None:
-        out = torch.empty(R, d, d, dtype=dtype, device=jacobian.device)
+        out = torch.zeros(R, d, d, dtype=dtype, device=jacobian.device)
+    elif not accumulate:
+        out.zero_()
     traces = torch.empty(R, dtype=dtype, device=jacobian.device)
     for r in range(R):
         rows = torch.nonzero(weights[r]).flatten()
-        w = weights[r, rows].to(dtype)
-        Jr = jacobian.index_select(0, rows).to(dtype)  # [n_r, d]
-        product = (Jr * w[:, None]).transpose(0, 1) @ Jr
-        if accumulate:
-            out[r] += product
-        else:
-            out[r] = product
-        traces[r] = (w * Jr.square().sum(dim=1)).sum()
+        root = weights[r, rows].to(dtype).sqrt()
+        chunk = gram(jacobian.index_select(0, rows), dtype=dtype, row_scale=root)  # (√m J)ᵀ(√m J)
+        out[r] += chunk
+        traces[r] = torch.diagonal(chunk).sum()
     return out, traces
 
 
-def gram(jacobian: torch.Tensor, dtype: Optional[torch.dtype] = None, block: int = 2048) -> torch.Tensor:
-    """``JᵀJ`` ``[d, d]`` for ``jacobian`` ``[P, d]``, accumulated in ``dtype`` (default: the Jacobian's).
+def gram(jacobian: torch.Tensor, dtype: Optional[torch.dtype] = None, row_scale: Optional[torch.Tensor] = None,
+         block: int = 2048) -> torch.Tensor:
+    """``JᵀJ`` ``[d, d]`` for ``jacobian`` ``[P, d]`` (rows scaled by ``row_scale`` ``[P]`` first if given),
+    accumulated in ``dtype`` (default: the Jacobian's).
 
     Blocks on and above the diagonal are computed and mirrored (a torch-ops SYRK: 15 of 25 blocks at d = 9216),
-    and column blocks are converted to ``dtype`` as they are used, so a float64 Gram of a float32 Jacobian needs no
-    float64 copy of J."""
+    and column blocks are converted to ``dtype`` (and scaled) as they are used, so a float64 Gram of a float32
+    Jacobian needs no float64 copy of J."""
     dtype = dtype or jacobian.dtype
+
+    def columns(start):
+        piece = jacobian[:, start:start + block].to(dtype)
+        return piece if row_scale is None else piece * row_scale[:, None]
+
     d = jacobian.shape[1]
     if d <= block:
-        Jd = jacobian.to(dtype)
+        Jd = columns(0)
         return Jd.transpose(0, 1) @ Jd
     out = torch.empty(d, d, dtype=dtype, device=jacobian.device)
     starts = range(0, d, block)
     for i in starts:
-        Ji = jacobian[:, i:i + block].to(dtype)
+        Ji = columns(i)
         for j in starts:
             if j < i:
                 continue
-            Jj = Ji if j == i else jacobian[:, j:j + block].to(dtype)
+            Jj = Ji if j == i else columns(j)
             product = Ji.transpose(0, 1) @ Jj
             out[i:i + block, j:j + block] = product
             if j > i:

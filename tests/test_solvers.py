@@ -7,7 +7,8 @@ import resefa_fast as rf
 from resefa_fast import reference
 from resefa_fast.regions import as_regions, box_mask
 from resefa_fast.solve.common import default_tolerance
-from resefa_fast.solve.general import woodbury_inverse
+from resefa_fast.solve.general import solve_general, woodbury_inverse
+from resefa_fast.testing import random_jacobian
 
 from conftest import assert_matches_reference, naive_float32
 
@@ -34,6 +35,10 @@ def _reference(J, region, k, **kwargs):
 def test_paths_match_reference_on_boxes(make_jacobian, device, grid, dim, box, method, dtype):
     J = make_jacobian(grid, dim, seed=hash((grid, dim)) % 1000, device=device, rank=min(30, dim))
     k = min(K, dim - 1)
+    if method == "bulk" and dtype == torch.float32:
+        with pytest.raises(rf.ResefaError, match="float64 for the bulk path"):
+            rf.factorize(J, [box], k=k, method=method, dtype=dtype)
+        return
     ref_values, ref_directions, ref_next = _reference(J, box, k)
     out = rf.factorize(J, [box], k=k, method=method, dtype=dtype)
     assert out.directions.shape == (1, k, dim) and out.directions.device.type == device
@@ -185,3 +190,36 @@ def test_tau_zero_singular_background_is_a_clear_error(method):
         rf.factorize(J, [(5, 5, 3, 3)], k=2, tau=0.0, method=method, dtype=torch.float64)
     out = rf.factorize(J, [(5, 5, 3, 3)], k=2, tau=1e-3, method=method, dtype=torch.float64)
     assert bool(torch.isfinite(out.eigenvalues).all())
+
+
+def _local_jacobian(device):
+    """A Jacobian with ten latent dims that move one box only: local directions with λ up to 5e8 at small τ."""
+    box = (12, 12, 9, 9)
+    J = random_jacobian((24, 24), 64, seed=13, rank=40, noise=1e-6, device=device).reshape(24, 24, 64)
+    inside = rf.box_mask(box, (24, 24)).bool().to(device)
+    J[inside, :10] += 30 * torch.randn(81, 10, generator=torch.Generator().manual_seed(0)).to(device)
+    return J, box
+
+
+@pytest.mark.parametrize("method,solver,dtype,tau", [
+    ("bulk", "dense", torch.float64, 1e-3), ("bulk", "iterative", torch.float64, 1e-3),
+    ("bulk", "dense", torch.float64, 1e-6), ("bulk", "iterative", torch.float64, 1e-6),
+    ("cholesky", None, torch.float32, 1e-3), ("cholesky", None, torch.float64, 1e-6),
+])
+def test_local_directions_with_large_eigenvalues(device, method, solver, dtype, tau):
+    """λ c_b / c_f up to 1e8: μ = λ/(c_f + λ c_b) bunches just below 1/c_b, and every background quantity formed
+    as JᵀJ − B would cancel up to 8 digits. Both paths must still meet DESIGN.md §6."""
+    from resefa_fast.solve.bulk import precompute, solve_bulk
+
+    J, box = _local_jacobian(device)
+    ref = rf.factorize(J, box, k=7, tau=tau, backend="reference")
+    assert float(ref.eigenvalues[0]) > 1e4  # the regime this test is about
+    regions = as_regions(box, (1, 24, 24), 576, device)
+    if method == "bulk":
+        out = solve_bulk(precompute(J.reshape(576, 64)), regions, 6, tau, "mean", solver=solver)
+    else:
+        out = solve_general(J.reshape(576, 64), regions, 6, tau, "mean", dtype=dtype)
+    naive = naive_float32(J, rf.box_mask(box, (24, 24)), 6, tau=tau)
+    assert_matches_reference(out.eigenvalues[0], out.directions[0], ref.eigenvalues[:6], ref.directions[:6], dtype,
+                             ref.eigenvalues[6], naive=naive)
+    assert float(out.residuals.max()) <= 100 * default_tolerance(dtype)

@@ -6,15 +6,17 @@ With ``A = G − B`` (``G = JᵀJ``) every region's pencil shares ``C = c_b G + 
     M_f n = λ M_b n   ⇔   B n = μ C n   ⇔   (C^{-1/2} B C^{-1/2}) y = μ y,   n = C^{-1/2} y
 
 Once per Jacobian: ``G = V Σ Vᵀ`` (float64), ``JV = J V`` ``[P, r]``, row energies ``e_p``.
-Per region, with ``D_a = (c_b Σ + a)^{-1/2}`` and ``K̃ = diag(√m) · JV[region rows] · D_a`` (a gather and two
-scalings), ``μ`` are the squared singular values of K̃. Instead of μ, whose top values bunch up below ``1/c_b``
-when λ is large (slow for an iterative solver, and ``λ = μ c_f / (1 − μ c_b)`` would cancel), each region solves
-the equivalent small symmetric problem on ``W`` = the smaller Gram of K̃ (``K̃K̃ᵀ`` ``[n, n]`` or ``K̃ᵀK̃``
-``[r, r]``)::
+Per region, with ``D_a = (c_b Σ + a)^{-1/2}`` and ``K̃ = diag(√m) · JV[region rows] · D_a`` (one gather and two
+scalings), ``μ`` are the eigenvalues of ``W``, the smaller Gram of K̃ (``K̃K̃ᵀ`` ``[n, n]`` or ``K̃ᵀK̃`` ``[r, r]``):
+dense eigh when W is small, else Chebyshev-filtered subspace iteration (``μ`` bunches just below ``1/c_b`` when
+λ is large, which the filter handles far better than plain subspace iteration). Then ``λ = μ c_f / (1 − μ c_b)``.
 
-    W u = ν (I − c_b W) u,   ν = μ / (1 − c_b μ) = λ / c_f,     via  (I − c_b W) = L Lᵀ,  L⁻¹ W L⁻ᵀ v = ν v
-
-so the eigenvalues keep λ's own spacing. ``I − c_b W`` is positive definite whenever ``a > 0``.
+That difference cancels ``log10(1 + λ c_b / c_f)`` digits, as does every background quantity formed as
+``JᵀJ − B``, and when λ c_b / c_f is large the top μ bunch so tightly that their eigenvectors are an arbitrary
+basis of the bunch. So this path runs in float64 only, and a chunk whose λ c_b / c_f exceeds 100 is refined:
+the eigenvectors come from the transformed pencil ``W u = ν (I − c_b W) u`` (``ν = λ / c_f``, λ's own gaps; via
+``I − c_b W = L Lᵀ``), and a Rayleigh–Ritz step on the exact pencil, with ``A n`` from the background rows
+themselves (one GEMM pair over all P rows), gives λ and the residuals without cancellation.
 
 Truncation: keeping the leading r eigenpairs of G moves every singular value of K̃ (``√μ``) by at most
 ``ε_r = sqrt(σ_{r+1} / (c_b σ_{r+1} + a))`` (the discarded block of ``diag(√m) J C^{-1/2}`` has that norm);
@@ -30,7 +32,8 @@ import torch
 from ..errors import ResefaError, check
 from ..gram import gram, row_energies
 from ..regions import Regions
-from .common import Solution, canonical_directions, relative_residuals, scale_constants, topk_eigh
+from .common import (Solution, canonical_directions, orthonormalize, relative_residuals, scale_constants,
+                     topk_eigh)
 
 
 @dataclass
@@ -55,7 +58,10 @@ def precompute(jacobian: torch.Tensor, rank: Optional[int] = None, energy: Optio
     """Eigenbasis of ``G = JᵀJ`` for ``jacobian`` ``[P, d]`` (any float dtype). ``rank`` keeps the leading r
     eigenpairs, ``energy`` (in (0, 1]) the fewest whose eigenvalues sum to that fraction of ``tr G``; neither: all.
     G and its eigh run in float64 (on an H100 about as fast as float32, and the small eigenvalues that ``D_a``
-    amplifies stay accurate); ``JV`` is stored in ``dtype``, the precision of every per-region step."""
+    amplifies stay accurate); ``JV`` is stored in ``dtype`` (float64: the only precision this path accepts)."""
+    check(dtype == torch.float64, "dtype", "torch.float64 for the bulk path: its complement trick (A = JᵀJ − B) "
+          "cancels digits that float32 does not have when a region's background energy is small (use the general "
+          "path, method='cholesky', for float32)", dtype)
     d = jacobian.shape[1]
     sigma, V = torch.linalg.eigh(gram(jacobian, dtype=torch.float64))
     sigma, V = sigma.flip(0).clamp_min(0), V.flip(1)
@@ -87,68 +93,123 @@ def _gather_rows(weights: torch.Tensor):
     return rows, torch.gather(weights, 1, rows), counts
 
 
+def _background_products(basis: BulkBasis, weights: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``A z`` for every region and direction, ``[R, k, r]``, from all P rows: ``JVᵀ diag(1 − m) JV z``. One GEMM
+    pair over P rows per chunk; every term is a non-negative background contribution, so nothing cancels."""
+    R, k, r = z.shape
+    JZ = basis.JV @ z.reshape(R * k, r).transpose(0, 1)  # J n for all pixels   [P, R·k]
+    background = (1.0 - weights.to(z.dtype)).transpose(0, 1)  # [P, R]
+    JZ = (JZ.view(-1, R, k) * background[:, :, None]).view(-1, R * k)
+    return (basis.JV.transpose(0, 1) @ JZ).transpose(0, 1).reshape(R, k, r)
+
+
+def _top_eigenpairs(W: torch.Tensor, k: int, solver: str, tol: Optional[float]):
+    """Top eigenpairs of a batch of small symmetric PSD matrices ``[R, m, m]``: ``(values [R, b], vectors
+    [R, m, b], operator applications)`` for a block of ``b = min(m, max(2k, k + 8))`` ≥ k pairs, the top k
+    converged. Iterations that did not converge are finished densely."""
+    block = min(W.shape[-1], max(2 * k, k + 8))
+    if solver == "dense":
+        values, vectors = torch.linalg.eigh(W)
+        return values.flip(-1)[:, :block], vectors.flip(-1)[:, :, :block], 0
+    values, vectors, _, applications, converged = topk_eigh(lambda Y: W @ Y, W.shape[-1], k, batch=(W.shape[0],),
+                                                            dtype=W.dtype, device=W.device, tol=tol,
+                                                            block=block, return_block=True)
+    if not bool(converged.all()):  # finish the stragglers exactly rather than return unconverged pairs
+        stragglers = torch.nonzero(~converged).flatten()
+        dense_values, dense_vectors = torch.linalg.eigh(W[stragglers])
+        values[stragglers] = dense_values.flip(-1)[:, :block]
+        vectors[stragglers] = dense_vectors.flip(-1)[:, :, :block]
+    return values, vectors, applications
+
+
+def _transformed_eigenvectors(W: torch.Tensor, c_b: torch.Tensor, k: int, solver: str, tol: Optional[float],
+                              tau: float):
+    """A block of eigenvectors of ``W`` ``[R, m, b]`` separated by ν = μ / (1 − c_b μ) instead of μ: the top of
+    ``L⁻¹ W L⁻ᵀ`` with ``I − c_b W = L Lᵀ``, mapped back by ``u = L⁻ᵀ v``."""
+    m = W.shape[-1]
+    L, info = torch.linalg.cholesky_ex(torch.eye(m, dtype=W.dtype, device=W.device) - c_b[:, None, None] * W)
+    if bool((info != 0).any()):
+        raise ResefaError(
+            f"`tau` is too small for region(s) {torch.nonzero(info).flatten().tolist()}: their background energy is "
+            f"below float64's resolution next to the foreground's, so M_b is numerically singular (tau = {tau}); "
+            "use a larger tau")
+    C = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, W, upper=False).transpose(1, 2),
+                                      upper=False)
+    _, v, applications = _top_eigenpairs(0.5 * (C + C.transpose(1, 2)), k, solver, tol)
+    return torch.linalg.solve_triangular(L.transpose(1, 2), v, upper=True), applications
+
+
+def _pencil_rayleigh_ritz(basis: BulkBasis, weights, K, scale, Z, c_f, c_b, a, k):
+    """Rayleigh–Ritz of the exact pencil ``(M_f, M_b)`` on the span of ``Z`` ``[R, r, b]`` (V coordinates), with
+    ``A Z`` from the background rows (no cancellation). Returns ``(λ [R, k], z [R, k, r] unit, B z, A z)``."""
+    Z = orthonormalize(Z)
+    Bz = K.transpose(1, 2) @ (K @ (Z / scale[:, :, None])) / scale[:, :, None]  # D_a⁻¹ K̃ᵀ K̃ D_a⁻¹ Z   [R, r, b]
+    Az = _background_products(basis, weights, Z.transpose(1, 2)).transpose(1, 2)  # [R, r, b]
+    Zt = Z.transpose(1, 2)
+    H_f = c_f[:, None, None] * (Zt @ Bz)
+    H_b = c_b[:, None, None] * (Zt @ Az) + a[:, None, None] * torch.eye(Z.shape[-1], dtype=Z.dtype, device=Z.device)
+    L = torch.linalg.cholesky(0.5 * (H_b + H_b.transpose(1, 2)))
+    C = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, H_f, upper=False).transpose(1, 2),
+                                      upper=False)
+    values, vectors = torch.linalg.eigh(0.5 * (C + C.transpose(1, 2)))
+    coefficients = torch.linalg.solve_triangular(L.transpose(1, 2), vectors.flip(-1)[:, :, :k], upper=True)
+    norms = torch.linalg.vector_norm(Z @ coefficients, dim=1, keepdim=True)  # [R, 1, k]
+    coefficients = coefficients / norms
+    return (values.flip(-1)[:, :k], (Z @ coefficients).transpose(1, 2), (Bz @ coefficients).transpose(1, 2),
+            (Az @ coefficients).transpose(1, 2))
+
+
 def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, normalize: str, solver: str,
                  tol: Optional[float]):
     """Solve R regions given by foreground ``weights`` ``[R, P]`` at once (padded batch)."""
     dtype, device = basis.JV.dtype, basis.JV.device
     P, r = basis.JV.shape
-    rows, w, _ = _gather_rows(weights)  # [R, n]
+    rows, w, counts = _gather_rows(weights)  # [R, n]
+    check(k <= int(counts.min()), "k", f"at most the number of rows of the smallest region ({int(counts.min())})", k)
     w = w.to(dtype)
     foreground_sum = weights.to(torch.float64).sum(dim=1)
-    background_sum = P - foreground_sum
-    c_f, c_b = scale_constants(foreground_sum, background_sum, normalize)  # [R] float64
-    foreground_energy = weights.to(basis.energies.dtype) @ basis.energies
-    a = tau * c_b * (basis.energies.sum() - foreground_energy)  # τ · tr(c_b A)   [R]
+    c_f, c_b = scale_constants(foreground_sum, P - foreground_sum, normalize)  # [R] float64
+    a = tau * c_b * (basis.energies.sum() - weights.to(basis.energies.dtype) @ basis.energies)  # τ·tr(c_b A)  [R]
     sigma = basis.sigma.to(torch.float64)
     if bool((a <= 0).any()) and bool((sigma <= 0).any()):
         raise ResefaError(f"`tau` must be > 0 here: with tau = {tau} the background matrix M_b is singular "
                           "(the Jacobian's Gram JᵀJ is rank-deficient); use tau > 0 (default 1e-3)")
-    scale = (c_b[:, None] * sigma[None, :] + a[:, None]).rsqrt()  # D_a   [R, r]
-    K = basis.JV[rows] * w.sqrt()[..., None] * scale.to(dtype)[:, None, :]  # K̃   [R, n, r]
+    scale = (c_b[:, None] * sigma[None, :] + a[:, None]).rsqrt().to(dtype)  # D_a   [R, r]
+    K = basis.JV[rows]  # the one gather of the chunk   [R, n, r]
+    K.mul_(w.sqrt()[..., None]).mul_(scale[:, None, :])  # K̃ = diag(√m) JV[rows] D_a
     n = K.shape[1]
     row_form = n <= r  # work in the smaller of the two spaces
     W = K @ K.transpose(1, 2) if row_form else K.transpose(1, 2) @ K  # [R, m, m]
     m = W.shape[-1]
-    eye = torch.eye(m, dtype=dtype, device=device)
-    L, info = torch.linalg.cholesky_ex(eye - c_b.to(dtype)[:, None, None] * W)
-    if bool((info != 0).any()):
-        raise ResefaError(f"`tau` must be > 0 here: the background matrix M_b is not positive definite with "
-                          f"tau = {tau} for region(s) {torch.nonzero(info).flatten().tolist()}; use tau > 0")
-    X = torch.linalg.solve_triangular(L, W, upper=False)
-    C = torch.linalg.solve_triangular(L, X.transpose(1, 2), upper=False)  # L⁻¹ W L⁻ᵀ   [R, m, m]
-    C = 0.5 * (C + C.transpose(1, 2))
-    kk = min(k, m)
-    if solver == "dense":
-        values, vectors = torch.linalg.eigh(C)
-        values, vectors = values.flip(-1)[:, :kk], vectors.flip(-1)[:, :, :kk]
-        iterations = 0
+    # Top μ of W; ν = μ / (1 − c_b μ) cancels log10(1 + λ c_b / c_f) digits, refined below where that matters.
+    mu, u, applications = _top_eigenpairs(W, k, solver, tol)
+    y = K.transpose(1, 2) @ u if row_form else u  # right singular vectors of K̃ (unnormalised)   [R, r, b]
+    z = scale[:, :, None] * y  # n = V z
+    c_f, c_b, a = c_f.to(dtype), c_b.to(dtype), a.to(dtype)
+    eigenvalues = c_f[:, None] * mu[:, :k] / (1.0 - c_b[:, None] * mu[:, :k])  # λ = c_f ν
+    if float((eigenvalues * (c_b / c_f)[:, None]).abs().max()) > 100.0:  # > 2 of float64's 16 digits at stake
+        # μ bunches below 1/c_b: its top eigenvectors are an arbitrary basis of the bunch. The transformed pencil
+        # W u = ν (I − c_b W) u has λ's own gaps; then Rayleigh–Ritz on the exact pencil polishes λ.
+        u, more = _transformed_eigenvectors(W, c_b, k, solver, tol, tau)
+        applications += more
+        z = scale[:, :, None] * (K.transpose(1, 2) @ u if row_form else u)
+        eigenvalues, z, Bz, Az = _pencil_rayleigh_ritz(basis, weights, K, scale, z, c_f, c_b, a, k)
     else:
-        values, vectors, _, iterations, converged = topk_eigh(lambda Y: C @ Y, m, kk, batch=(C.shape[0],),
-                                                              dtype=dtype, device=device, tol=tol)
-        if not bool(converged.all()):  # finish the stragglers exactly rather than return unconverged pairs
-            stragglers = torch.nonzero(~converged).flatten()
-            dense_values, dense_vectors = torch.linalg.eigh(C[stragglers])
-            values[stragglers] = dense_values.flip(-1)[:, :kk]
-            vectors[stragglers] = dense_vectors.flip(-1)[:, :, :kk]
-    u = torch.linalg.solve_triangular(L.transpose(1, 2), vectors, upper=True)  # eigenvectors of W   [R, m, k]
-    y = K.transpose(1, 2) @ u if row_form else u  # right singular vectors of K̃ (unnormalised)   [R, r, k]
-    z = scale.to(dtype)[:, :, None] * y  # n in V coordinates
-    directions = canonical_directions(z.transpose(1, 2) @ basis.V.transpose(0, 1))  # [R, k, d]
-    z = directions @ basis.V  # the same unit directions in V coordinates   [R, k, r]
-    eigenvalues = c_f.to(dtype)[:, None] * values  # λ = c_f ν
-    # Residuals in V coordinates (V has orthonormal columns): B z from the region's rows only.
-    JVz = basis.JV[rows] @ z.transpose(1, 2)  # [R, n, k]
-    Bz = (basis.JV[rows].transpose(1, 2) @ (w[..., None] * JVz)).transpose(1, 2)  # [R, k, r]
-    foreground_n = c_f.to(dtype)[:, None, None] * Bz
-    background_n = c_b.to(dtype)[:, None, None] * (basis.sigma.to(dtype)[None, None, :] * z - Bz) + a.to(dtype)[:, None,
-                                                                                                       None] * z
+        z = z[:, :, :k].transpose(1, 2)
+        z = z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # [R, k, r]
+        # B z = D_a⁻¹ K̃ᵀ K̃ D_a⁻¹ z from K̃ alone; A z = (Σ − B) z is exact enough here.
+        Bz = (K.transpose(1, 2) @ (K @ (z / scale[:, None, :]).transpose(1, 2))).transpose(1, 2) / scale[:, None, :]
+        Az = basis.sigma.to(dtype)[None, None, :] * z - Bz
+    directions = canonical_directions(z @ basis.V.transpose(0, 1))  # [R, k, d]
+    sign = torch.sign(((directions @ basis.V) * z).sum(-1, keepdim=True))  # the sign canonicalisation applied
+    z, Bz, Az = sign * z, sign * Bz, sign * Az
+    foreground_n = c_f[:, None, None] * Bz
+    background_n = c_b[:, None, None] * Az + a[:, None, None] * z
     residuals = relative_residuals(foreground_n, background_n, eigenvalues)
-    bound = torch.zeros_like(a)
+    bound = torch.zeros_like(a, dtype=torch.float64)
     if basis.discarded > 0:
         bound = (basis.discarded / (c_b * basis.discarded + a)).sqrt()
-    if kk < k:  # the region has fewer rows than k: check_k_against_regions prevents this for callers
-        raise ResefaError(f"`k` must be at most the number of rows of the smallest region ({m}); got {k}")
-    return eigenvalues, directions, residuals, bound, iterations
+    return eigenvalues, directions, residuals, bound, applications
 
 
 def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize: str, solver: str = "auto",
@@ -157,7 +218,7 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
 
     Regions are processed in chunks whose padded operands fit ``memory_budget`` bytes (default: a quarter of the
     free GPU memory, or 512 MiB on the CPU); regions are sorted by size first so a chunk pads little. ``solver``: "dense" (eigh of the small matrix), "iterative" (subspace
-    iteration), or "auto" (dense when the small matrix has at most 128 rows, else iterative)."""
+    iteration), or "auto" (dense when the small matrix has at most 32 rows, 256 on the CPU, else iterative)."""
     check(regions.background is None, "background",
           "None for the bulk path (it needs complement backgrounds; use the general path for explicit ones)")
     weights = regions.foreground.to(basis.JV.device)
@@ -189,8 +250,9 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
         n_max = counts_sorted[stop - 1]
         m = min(n_max, r)
         chunk_solver = solver
-        if solver == "auto":
-            chunk_solver = "dense" if m <= 128 else "iterative"
+        if solver == "auto":  # batched dense eigh loops over the batch on GPUs above 32 rows
+            dense_max = 256 if weights.device.type == "cpu" else 32
+            chunk_solver = "dense" if m <= max(dense_max, 2 * k) else "iterative"
         values, directions, residuals, bound, its = _solve_chunk(basis, weights[index], k, tau, normalize,
                                                                  chunk_solver, tol)
         out_values[index], out_directions[index], out_residuals[index] = values, directions, residuals

@@ -96,6 +96,7 @@ def topk_eigh(
     degree: int = 8,
     max_applications: int = 4000,
     seed: int = 0,
+    return_block: bool = False,
 ):
     """Top-k eigenpairs of symmetric positive semi-definite operators given only as ``X -> apply(X)``.
 
@@ -107,7 +108,8 @@ def topk_eigh(
     when all have converged (or after ``max_applications``).
 
     Returns ``(eigenvalues [*batch, k] descending, eigenvectors [*batch, size, k], residuals [*batch, k],
-    applications, converged [*batch])``.
+    applications, converged [*batch])``; with ``return_block`` the eigenvalues and vectors of the whole block
+    (``b`` ≥ k columns, a better-than-k-dimensional search space for a later Rayleigh–Ritz step).
     """
     tol = default_tolerance(dtype) if tol is None else tol
     b = min(size, block or max(2 * k, k + 8))
@@ -139,7 +141,8 @@ def topk_eigh(
             norm = torch.linalg.vector_norm(following, dim=-2, keepdim=True).clamp_min(tiny)
             previous, current = current / norm, following / norm
         X = orthonormalize(current)
-    return theta[..., :k], X[..., :k], residual, applications, converged
+    keep = theta.shape[-1] if return_block else k
+    return theta[..., :keep], X[..., :keep], residual, applications, converged
 
 
 def orthonormalize(Z: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """General path: one region at a time, any background (DESIGN.md §2).
 
-Masked Grams ``B``, ``A`` (only the region's rows are read for B; ``A`` is ``G − B`` for the complement, or its own
-masked Gram for an explicit background), then one of two routes to the top-k of ``M_f n = λ M_b n``:
+Masked Grams ``B`` and ``A`` (each from its own rows, symmetric blocks only; A is never formed as ``JᵀJ − B``, which
+cancels when the background energy is small), then one of two routes to the top-k of ``M_f n = λ M_b n``:
 
 - ``"cholesky"``: ``M_b = L Lᵀ`` and the top-k of ``x ↦ L⁻¹ M_f L⁻ᵀ x`` by subspace iteration (two triangular
   solves and one product per block; no d×d eigendecomposition).
@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from ..gram import gram, masked_grams
+from ..gram import masked_grams
 from ..reference import cholesky_checked
 from ..regions import Regions
 from .common import Solution, canonical_directions, relative_residuals, scale_constants, topk_eigh
@@ -56,14 +56,12 @@ def _topk_of_operator(apply, size: int, k: int, dtype, device, tol):
     return values, vectors, its
 
 
-def _region_matrices(J, foreground, background, explicit_background: bool, full_gram, tau, normalize, dtype):
-    """``(M_f, M_b, a, c_f)`` for one region, in ``dtype``. ``full_gram`` (JᵀJ) is reused for complement
-    backgrounds."""
+def _region_matrices(J, foreground, background, tau, normalize, dtype):
+    """``(M_f, M_b, a, c_f)`` for one region, in ``dtype``. A is built from the background rows themselves, never as
+    ``JᵀJ − B``: when the background energy is tiny next to the foreground's, that difference would cancel the
+    digits λ depends on."""
     B = masked_grams(J, foreground[None], dtype=dtype)[0][0]
-    if explicit_background:
-        A = masked_grams(J, background[None], dtype=dtype)[0][0]
-    else:
-        A = full_gram - B
+    A = masked_grams(J, background[None], dtype=dtype)[0][0]
     c_f, c_b = scale_constants(foreground.sum().to(dtype), background.sum().to(dtype), normalize)
     M_f = c_f * B
     M_b = c_b * A
@@ -86,15 +84,12 @@ def solve_general(
     """Top-k directions of each region, one region at a time. ``jacobian`` ``[P, d]`` (any float dtype); Grams,
     factorisations and eigensolvers run in ``dtype``."""
     J = jacobian
-    explicit = regions.background is not None
-    full_gram = None if explicit else gram(J, dtype=dtype)
     background = regions.background_weights(dtype)
     foreground = regions.foreground.to(dtype)
     out_values, out_vectors, out_residuals, iterations = [], [], [], []
     info = {"path": "general", "method": method, "dtype": str(dtype).replace("torch.", "")}
     for r in range(len(regions)):
-        M_f, M_b, a, c_f = _region_matrices(J, foreground[r], background[r], explicit, full_gram, tau, normalize,
-                                            dtype)
+        M_f, M_b, a, c_f = _region_matrices(J, foreground[r], background[r], tau, normalize, dtype)
         rows = torch.nonzero(foreground[r]).flatten()
         if method == "cholesky" and rows.numel() < J.shape[1]:
             # M_f = c_f J_fᵀ diag(m) J_f has rank <= n_f < d: with F = L⁻¹ (√m J_f)ᵀ [d, n_f], the nonzero
