@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 
 from ..errors import ResefaError, check
-from ..gram import gram, row_energies
+from ..gram import batched_row_gram, gram, row_energies
 from ..regions import Regions
 from .common import (Solution, canonical_directions, orthonormalize, relative_residuals, scale_constants,
                      topk_eigh)
@@ -176,10 +176,10 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
                           "(the Jacobian's Gram JᵀJ is rank-deficient); use tau > 0 (default 1e-3)")
     scale = (c_b[:, None] * sigma[None, :] + a[:, None]).rsqrt().to(dtype)  # D_a   [R, r]
     K = basis.JV[rows]  # the one gather of the chunk   [R, n, r]
-    K.mul_(w.sqrt()[..., None]).mul_(scale[:, None, :])  # K̃ = diag(√m) JV[rows] D_a
+    K.mul_(w.sqrt()[..., None]).mul_(scale[:, None, :])  # K̃ = diag(√m) JV[rows] D_a, in place
     n = K.shape[1]
     row_form = n <= r  # work in the smaller of the two spaces
-    W = K @ K.transpose(1, 2) if row_form else K.transpose(1, 2) @ K  # [R, m, m]
+    W = batched_row_gram(K) if row_form else batched_row_gram(K.transpose(1, 2))  # [R, m, m]
     m = W.shape[-1]
     # Top μ of W; ν = μ / (1 − c_b μ) cancels log10(1 + λ c_b / c_f) digits, refined below where that matters.
     mu, u, applications = _top_eigenpairs(W, k, solver, tol)
