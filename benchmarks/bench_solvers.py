@@ -160,8 +160,9 @@ def run_dim(d, args, device):
 
 
 def markdown(rows, meta):
-    lines = [f"Device: {meta['device']}; torch {meta['torch']}; float32 unless named; k = {meta['k']}; "
-             f"P = {rows[0]['P']}; {meta['date']}", "",
+    lines = [f"Device: {meta['device']}; torch {meta['torch']}; float32 Jacobian, generator-like (rank 30 + 1e-3 "
+             f"noise); our paths compute in float64 (the default); k = {meta['k']}; P = {rows[0]['P']}; "
+             f"commit {meta['commit']}; {meta['date']}", "",
              "| d | method | regions | time | per region | eig. rel. err | min \\|cos\\| |",
              "|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
