@@ -189,9 +189,10 @@ def main():
     if args.small:
         args.grid, args.dims, args.regions, args.repeats = 64, [64, 256], 100, 1
     device = torch.device(args.device)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    try:  # the device machine gets a copy of the tree without .git: GIT_COMMIT carries it there
+        commit = os.environ.get("GIT_COMMIT") or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
     except OSError:
         commit = "unknown"
     meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",

@@ -179,7 +179,7 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
     K.mul_(w.sqrt()[..., None]).mul_(scale[:, None, :])  # K̃ = diag(√m) JV[rows] D_a, in place
     n = K.shape[1]
     row_form = n <= r  # work in the smaller of the two spaces
-    W = batched_row_gram(K) if row_form else batched_row_gram(K.transpose(1, 2))  # [R, m, m]
+    W = batched_row_gram(K) if row_form else K.transpose(1, 2) @ K  # [R, m, m]
     m = W.shape[-1]
     # Top μ of W; ν = μ / (1 − c_b μ) cancels log10(1 + λ c_b / c_f) digits, refined below where that matters.
     mu, u, applications = _top_eigenpairs(W, k, solver, tol)
