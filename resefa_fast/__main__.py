@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import Factorizer, PRESETS, factorize, preset
-from .regions import box_mask
+from .regions import as_regions, box_mask
 from .testing import random_jacobian
 
 
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     print(f"resefa_fast: {len(names)} regions, d = {args.dim}, {args.grid}x{args.grid} grid, k = {args.k}, "
           f"device {args.device}, {elapsed:.2f} s in all")
     print(f"{'region':<12} {'pixels':>7} {'λ1':>10} {'λ2':>10} {'λ3':>10} {'max residual':>13}")
-    weights = factorizer._regions(names).foreground
+    weights = as_regions(names, (1, args.grid, args.grid), args.grid ** 2).foreground
     for r, name in enumerate(names):
         lam = result.eigenvalues[r]
         print(f"{name:<12} {int((weights[r] > 0).sum()):>7} {float(lam[0]):>10.4g} {float(lam[1]):>10.4g} "

@@ -187,8 +187,10 @@ class Factorizer:
             regions = _stacked(self.jacobian, regions)[1]
         return regions
 
-    def factorize_many(self, regions, k: int = 16, tau: Optional[float] = None, background=None) -> Directions:
-        """Directions for a batch of regions (a list, ``[R, H, W]`` masks or ``[R, 4]`` boxes): ``[.., R, k, d]``."""
+    def factorize_many(self, regions, k: int = 16, tau: Optional[float] = None, background=None,
+                       progress: Optional[bool] = None) -> Directions:
+        """Directions for a batch of regions (a list, ``[R, H, W]`` masks or ``[R, 4]`` boxes): ``[.., R, k, d]``.
+        ``progress``: a progress bar over regions (default: for 500 regions or more)."""
         tau = self.tau if tau is None else tau
         check_common_arguments(k, tau, self.normalize, self.jacobian.dim)
         parsed = self._regions(regions, background)
@@ -196,7 +198,7 @@ class Factorizer:
         solutions = []
         for J, basis in zip(self._values, self.bases):
             if parsed.background is None:
-                solutions.append(solve_bulk(basis, parsed, k, tau, self.normalize, tol=self.tol))
+                solutions.append(solve_bulk(basis, parsed, k, tau, self.normalize, tol=self.tol, progress=progress))
             else:
                 solutions.append(solve_general(J, parsed, k, tau, self.normalize, tol=self.tol, dtype=self.dtype))
         info = {"backend": self.backend, "backend_reason": self.backend_reason, "tau": tau,

@@ -8,8 +8,8 @@ Grams (numpy keeps the file's dtype), ``inv(M_b) @ M_f`` and a *non-symmetric* `
 when ``full_rank=True`` (``M_b + τ·tr(M_b)·I``). Its directions drift from the correct ones when M_b is
 ill-conditioned (DESIGN.md §1); it is a baseline, not an answer.
 
-Both take ``(jacobian [P, d], regions, k, tau, normalize)`` like the fast paths in ``resefa_fast.solve``; the public
-entry point with the same arguments as :func:`resefa_fast.factorize` is ``factorize(..., backend="reference")``.
+Both take ``(jacobian [P, d], regions, k, tau, normalize)`` like the fast paths in ``resefa_fast.solve``;
+:func:`factorize` and :func:`factorize_original` take the public argument forms of :func:`resefa_fast.factorize`.
 """
 from __future__ import annotations
 
@@ -106,3 +106,30 @@ def solve_original(jacobian: torch.Tensor, regions: Regions, k: int, tau: float 
     nan = torch.full_like(eigenvalues, float("nan"))  # the original reports no residuals
     return Solution(eigenvalues, directions, nan, {"path": "original", "method": "inv+eig", "dtype": "float32",
                                                    "full_rank": full_rank})
+
+
+def factorize(jacobian, region, k: int = 16, tau: float = 1e-3, background=None, normalize: str = "mean", **kwargs):
+    """The float64 oracle with the arguments of :func:`resefa_fast.factorize` (``backend="reference"``)."""
+    from .api import factorize as public_factorize
+
+    return public_factorize(jacobian, region, k=k, tau=tau, background=background, normalize=normalize,
+                            backend="reference", **kwargs)
+
+
+def factorize_original(jacobian, region, k=None, tau: float = 1e-3, background=None, normalize: str = "mean",
+                       full_rank: bool = False, batched=None, grid=None):
+    """The original algorithm (:func:`solve_original`) on the public argument forms. ``k=None`` returns all d
+    directions, like the original's ``[d, d]`` directions file. One latent code at a time (as the original)."""
+    from .api import Directions
+    from .errors import check
+    from .inputs import as_jacobian
+    from .regions import as_regions
+
+    jac = as_jacobian(jacobian, batched=batched, grid=grid)
+    check(jac.num_latents == 1, "jacobian", "one latent code for the original algorithm", f"N = {jac.num_latents}")
+    regions = as_regions(region, jac.grid, jac.num_pixels, "cpu", background)
+    k = jac.dim if k is None else k
+    solution = solve_original(jac.values[0], regions, k, tau=tau, normalize=normalize, full_rank=full_rank)
+    pick = (lambda t: t[0]) if regions.single else (lambda t: t)
+    return Directions(pick(solution.directions), pick(solution.eigenvalues), pick(solution.residuals),
+                      list(regions.names), dict(solution.info, backend="original"))

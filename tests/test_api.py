@@ -115,3 +115,13 @@ def test_backend_info_reports_the_extension():
     info = rf.backend_info()
     assert {"torch", "cuda_available", "extension"} <= set(info)
     assert isinstance(info["extension"]["available"], bool) and info["extension"]["reason"]
+
+
+def test_reference_module_public_entry_points(make_jacobian):
+    J = make_jacobian((16, 16), 12, seed=3)
+    oracle = rf.reference.factorize(J, (8, 8, 6, 6), k=4)
+    assert oracle.info["backend"] == "reference" and oracle.directions.shape == (4, 12)
+    port = rf.reference.factorize_original(J, (8, 8, 6, 6), full_rank=True)
+    assert port.directions.shape == (12, 12)  # all d directions, like the original's directions file
+    cos = (port.directions[:4] * oracle.directions).sum(-1).abs()
+    assert float(cos.min()) > 0.999

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import ResefaError, check
 from ..gram import batched_row_gram, gram, row_energies
@@ -213,7 +214,8 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
 
 
 def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize: str, solver: str = "auto",
-               tol: Optional[float] = None, memory_budget: Optional[int] = None) -> Solution:
+               tol: Optional[float] = None, memory_budget: Optional[int] = None,
+               progress: Optional[bool] = None) -> Solution:
     """Top-k directions for every region of ``regions`` (complement backgrounds only) from a :class:`BulkBasis`.
 
     Regions are processed in chunks whose padded operands fit ``memory_budget`` bytes (default: a quarter of the
@@ -238,6 +240,7 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
     iterations = []
     start = 0
     counts_sorted = counts[order].tolist()
+    bar = tqdm(total=R, desc="regions", unit="region", disable=not (R >= 500 if progress is None else progress))
     while start < R:
         stop = start + 1
         while stop < R:  # grow the chunk while K̃ and W (padded to the largest region) fit the budget
@@ -258,7 +261,9 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
         out_values[index], out_directions[index], out_residuals[index] = values, directions, residuals
         out_bound[index] = bound.to(out_bound.device)
         iterations.append(its)
+        bar.update(stop - start)
         start = stop
+    bar.close()
     info = {"path": "bulk", "rank": basis.rank, "dtype": str(basis.JV.dtype).replace("torch.", ""),
             "applications": iterations, "truncation_bound": out_bound}
     return Solution(out_values, out_directions, out_residuals, info)
