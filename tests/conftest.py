@@ -1,6 +1,4 @@
 """Shared test matrix, tolerances and helpers (pytorch_scatter's testing.py pattern)."""
-import os
-
 import pytest
 import torch
 

@@ -163,7 +163,7 @@ def _pencil_rayleigh_ritz(basis: BulkBasis, weights, K, scale, Z, c_f, c_b, a, k
 def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, normalize: str, solver: str,
                  tol: Optional[float]):
     """Solve R regions given by foreground ``weights`` ``[R, P]`` at once (padded batch)."""
-    dtype, device = basis.JV.dtype, basis.JV.device
+    dtype = basis.JV.dtype
     P, r = basis.JV.shape
     rows, w, counts = _gather_rows(weights)  # [R, n]
     check(k <= int(counts.min()), "k", f"at most the number of rows of the smallest region ({int(counts.min())})", k)
@@ -181,7 +181,6 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
     n = K.shape[1]
     row_form = n <= r  # work in the smaller of the two spaces
     W = batched_row_gram(K) if row_form else K.transpose(1, 2) @ K  # [R, m, m]
-    m = W.shape[-1]
     # Top μ of W; ν = μ / (1 − c_b μ) cancels log10(1 + λ c_b / c_f) digits, refined below where that matters.
     mu, u, applications = _top_eigenpairs(W, k, solver, tol)
     y = K.transpose(1, 2) @ u if row_form else u  # right singular vectors of K̃ (unnormalised)   [R, r, b]

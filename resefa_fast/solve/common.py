@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from ..errors import ResefaError, check
+from ..errors import check
 
 NORMALIZATIONS = ("mean", "sum")
 
