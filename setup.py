@@ -84,4 +84,5 @@ setup(
     extras_require={"test": ["pytest", "hypothesis", "pillow"], "cupy": ["cupy"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    entry_points={"console_scripts": ["resefa-fast=resefa_fast.cli:main"]},
 )

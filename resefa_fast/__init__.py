@@ -6,14 +6,17 @@
 
 Importing this package never compiles anything; the CUDA extension is loaded lazily (see :func:`backend_info`).
 """
-from . import reference, regions
+__version__ = "0.1.0"
+
+from . import reference, regions  # noqa: E402
 from .api import Directions, Factorizer, factorize
 from .backends import backend_info
 from .errors import ResefaError
+from .mining import mine
+from .store import load_results
 from .regions import PRESETS, Box, box_mask, masks_from_labels, preset
 
-__version__ = "0.1.0"
 __all__ = [
     "Box", "Directions", "Factorizer", "PRESETS", "ResefaError", "backend_info", "box_mask", "factorize",
-    "masks_from_labels", "preset", "reference", "regions", "__version__",
+    "load_results", "masks_from_labels", "mine", "preset", "reference", "regions", "__version__",
 ]

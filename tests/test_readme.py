@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import torch
 
+import resefa_fast
 from resefa_fast.testing import random_jacobian
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,3 +40,22 @@ def test_python_example_runs(tmp_path, monkeypatch):
     assert namespace["bulk"].directions.shape == (2, 16, 16)
     assert namespace["shared"].directions.shape == (16, 16)
     assert namespace["original"].info["backend"] == "reference"
+
+
+def test_cli_examples_run_as_written(tmp_path):
+    import shlex
+    import shutil
+
+    block = re.search(r"```bash\n(resefa-fast .*?)```", README, re.S).group(1)
+    commands = [line for line in block.splitlines() if line.startswith("resefa-fast ")]
+    assert len(commands) == 2
+    J = torch.stack([random_jacobian((256, 256), 16, rank=12, seed=s) for s in range(2)])
+    np.save(tmp_path / "jacobians.npy", J.reshape(2, 256, 256, 1, 16).numpy())
+    entry = shutil.which("resefa-fast")
+    prefix = [entry] if entry else [sys.executable, "-m", "resefa_fast.cli"]
+    for command in commands:
+        done = subprocess.run(prefix + shlex.split(command)[1:] + ["--device", "cpu"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    assert np.load(tmp_path / "eyes.npz")["directions"].shape == (2, 16, 16)
+    assert resefa_fast.load_results(str(tmp_path / "store")).latents == [0, 1]
