@@ -42,18 +42,21 @@ def problem_matrices(jacobian: torch.Tensor, foreground: torch.Tensor, backgroun
     return M_f, M_b
 
 
-def cholesky_checked(M_b: torch.Tensor, tau: float) -> torch.Tensor:
-    """Cholesky factor of M_b, or a :class:`ResefaError` (suggesting τ > 0) when M_b is not numerically positive
-    definite: the factorisation fails, or its pivots span more than ``1/(d·eps)`` (condition number estimate)."""
+def cholesky_checked(M_b: torch.Tensor, tau: float, data_dtype: torch.dtype) -> torch.Tensor:
+    """Cholesky factor of M_b, or a :class:`ResefaError` (suggesting τ > 0) when M_b is not positive definite at
+    the precision of the data: the factorisation fails, or its pivots span more than ``1/(d·eps)`` with ``eps`` that
+    of the Jacobian's own dtype. (A rank-deficient float32 Jacobian yields a float64 M_b whose smallest eigenvalues
+    are float32 rounding noise: positive, but meaningless.)"""
     L, info = torch.linalg.cholesky_ex(M_b)
     pivots = torch.diagonal(L, dim1=-2, dim2=-1).abs()
-    eps = torch.finfo(M_b.dtype).eps
+    eps = max(torch.finfo(M_b.dtype).eps, torch.finfo(data_dtype).eps)
     ill = bool((info != 0).any()) or bool(
         ((pivots.amin(-1) ** 2) <= M_b.shape[-1] * eps * (pivots.amax(-1) ** 2)).any())
     if ill:
         raise ResefaError(
             f"`tau` must be > 0 here: the background matrix M_b is not positive definite with tau = {tau} "
-            "(the background Jacobian is rank-deficient); use tau > 0 (default 1e-3) to regularise it")
+            f"at the precision of the {str(data_dtype).replace('torch.', '')} Jacobian (its background part is "
+            "rank-deficient); use tau > 0 (default 1e-3) to regularise it")
     return L
 
 
@@ -64,7 +67,7 @@ def solve(jacobian: torch.Tensor, regions: Regions, k: int, tau: float, normaliz
     eigenvalues, directions, residuals = [], [], []
     for r in range(len(regions)):
         M_f, M_b = problem_matrices(J, regions.foreground[r], background[r], tau, normalize)
-        L = cholesky_checked(M_b, tau)
+        L = cholesky_checked(M_b, tau, jacobian.dtype)
         L_inv_M_f = torch.linalg.solve_triangular(L, M_f, upper=False)
         C = torch.linalg.solve_triangular(L, L_inv_M_f.transpose(0, 1), upper=False)  # L⁻¹ M_f L⁻ᵀ
         values, vectors = torch.linalg.eigh(0.5 * (C + C.transpose(0, 1)))

@@ -41,13 +41,14 @@ from .common import (Solution, canonical_directions, orthonormalize, relative_re
 class BulkBasis:
     """The per-Jacobian precompute. ``V`` ``[d, r]`` eigenvectors of G (descending), ``sigma`` ``[r]`` their
     eigenvalues, ``JV`` ``[P, r]`` in the compute dtype, ``energies`` ``[P]`` row energies ``‖J_p‖²``,
-    ``discarded`` the largest eigenvalue dropped by truncation (0 if none)."""
+    ``discarded`` the largest eigenvalue dropped by truncation (0 if none), ``data_eps`` the Jacobian dtype's eps."""
 
     V: torch.Tensor
     sigma: torch.Tensor
     JV: torch.Tensor
     energies: torch.Tensor
     discarded: float
+    data_eps: float = 2.0 ** -52  # unit roundoff of the Jacobian's own dtype (what "numerically zero" means)
 
     @property
     def rank(self) -> int:
@@ -81,7 +82,8 @@ def precompute(jacobian: torch.Tensor, rank: Optional[int] = None, energy: Optio
         rows = jacobian[start:start + row_block]
         JV[start:start + row_block] = rows.to(dtype) @ V
         energies[start:start + row_block] = row_energies(rows.to(torch.float64))
-    return BulkBasis(V=V, sigma=sigma[:keep], JV=JV, energies=energies, discarded=discarded)
+    return BulkBasis(V=V, sigma=sigma[:keep], JV=JV, energies=energies, discarded=discarded,
+                     data_eps=torch.finfo(jacobian.dtype).eps)
 
 
 def _gather_rows(weights: torch.Tensor):
@@ -149,7 +151,10 @@ def _pencil_rayleigh_ritz(basis: BulkBasis, weights, K, scale, Z, c_f, c_b, a, k
     Zt = Z.transpose(1, 2)
     H_f = c_f[:, None, None] * (Zt @ Bz)
     H_b = c_b[:, None, None] * (Zt @ Az) + a[:, None, None] * torch.eye(Z.shape[-1], dtype=Z.dtype, device=Z.device)
-    L = torch.linalg.cholesky(0.5 * (H_b + H_b.transpose(1, 2)))
+    L, info = torch.linalg.cholesky_ex(0.5 * (H_b + H_b.transpose(1, 2)))
+    if bool((info != 0).any()):
+        raise ResefaError("`tau` must be larger: M_b is numerically singular on the directions found for region(s) "
+                          f"{torch.nonzero(info).flatten().tolist()} (no background energy along them)")
     C = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, H_f, upper=False).transpose(1, 2),
                                       upper=False)
     values, vectors = torch.linalg.eigh(0.5 * (C + C.transpose(1, 2)))
@@ -172,9 +177,9 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
     c_f, c_b = scale_constants(foreground_sum, P - foreground_sum, normalize)  # [R] float64
     a = tau * c_b * (basis.energies.sum() - weights.to(basis.energies.dtype) @ basis.energies)  # τ·tr(c_b A)  [R]
     sigma = basis.sigma.to(torch.float64)
-    if bool((a <= 0).any()) and bool((sigma <= 0).any()):
-        raise ResefaError(f"`tau` must be > 0 here: with tau = {tau} the background matrix M_b is singular "
-                          "(the Jacobian's Gram JᵀJ is rank-deficient); use tau > 0 (default 1e-3)")
+    if tau == 0 and bool(sigma[-1] <= sigma.shape[0] * basis.data_eps * sigma[0]):
+        raise ResefaError(f"`tau` must be > 0 here: with tau = 0 the background matrix M_b is singular at the "
+                          "precision of the Jacobian (its Gram JᵀJ is rank-deficient); use tau > 0 (default 1e-3)")
     scale = (c_b[:, None] * sigma[None, :] + a[:, None]).rsqrt().to(dtype)  # D_a   [R, r]
     K = basis.JV[rows]  # the one gather of the chunk   [R, n, r]
     K.mul_(w.sqrt()[..., None]).mul_(scale[:, None, :])  # K̃ = diag(√m) JV[rows] D_a, in place

@@ -94,14 +94,14 @@ def solve_general(
         if method == "cholesky" and rows.numel() < J.shape[1]:
             # M_f = c_f J_fᵀ diag(m) J_f has rank <= n_f < d: with F = L⁻¹ (√m J_f)ᵀ [d, n_f], the nonzero
             # eigenvalues of L⁻¹ M_f L⁻ᵀ = c_f F Fᵀ are those of c_f FᵀF [n_f, n_f], eigenvectors y = F u.
-            L = cholesky_checked(M_b, tau)
+            L = cholesky_checked(M_b, tau, J.dtype)
             F = torch.linalg.solve_triangular(
                 L, (J[rows].to(dtype) * foreground[r, rows].sqrt()[:, None]).transpose(0, 1), upper=False)
             S = c_f * (F.transpose(0, 1) @ F)
             values, U, its = _top_eigenpairs(S, k, tol)
             n = torch.linalg.solve_triangular(L.transpose(0, 1), F @ U, upper=True).transpose(0, 1)
         elif method == "cholesky":
-            L = cholesky_checked(M_b, tau)
+            L = cholesky_checked(M_b, tau, J.dtype)
             Lt = L.transpose(0, 1)
 
             def apply(X):  # L⁻¹ M_f L⁻ᵀ X
