@@ -178,7 +178,7 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
     a = tau * c_b * (basis.energies.sum() - weights.to(basis.energies.dtype) @ basis.energies)  # τ·tr(c_b A)  [R]
     sigma = basis.sigma.to(torch.float64)
     if tau == 0 and bool(sigma[-1] <= sigma.shape[0] * basis.data_eps * sigma[0]):
-        raise ResefaError(f"`tau` must be > 0 here: with tau = 0 the background matrix M_b is singular at the "
+        raise ResefaError("`tau` must be > 0 here: with tau = 0 the background matrix M_b is singular at the "
                           "precision of the Jacobian (its Gram JᵀJ is rank-deficient); use tau > 0 (default 1e-3)")
     scale = (c_b[:, None] * sigma[None, :] + a[:, None]).rsqrt().to(dtype)  # D_a   [R, r]
     K = basis.JV[rows]  # the one gather of the chunk   [R, n, r]
