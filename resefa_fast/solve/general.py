@@ -70,6 +70,42 @@ def _region_matrices(J, foreground, background, tau, normalize, dtype):
     return M_f, M_b, a, c_f
 
 
+def solve_pencil(M_f: torch.Tensor, M_b: torch.Tensor, a: torch.Tensor, k: int, tau: float,
+                 data_dtype: torch.dtype, method: str = "cholesky", tol: Optional[float] = None,
+                 woodbury_eps: float = 1e-7):
+    """Top-k of ``M_f n = λ M_b n`` from the d×d matrices alone (``a``: the τ·tr term inside M_b). Returns
+    ``(λ [k], n [k, d] unnormalised, operator applications, Woodbury rank or None)``. ``data_dtype``: the
+    Jacobian's dtype, which sets what "numerically singular" means."""
+    dtype, device, d = M_b.dtype, M_b.device, M_b.shape[0]
+    if method == "cholesky":
+        L = cholesky_checked(M_b, tau, data_dtype)
+        Lt = L.transpose(0, 1)
+
+        def apply(X):  # L⁻¹ M_f L⁻ᵀ X
+            Z = torch.linalg.solve_triangular(Lt, X, upper=True)
+            return torch.linalg.solve_triangular(L, M_f @ Z, upper=False)
+
+        values, Y, its = _topk_of_operator(apply, d, k, dtype, device, tol)
+        return values, torch.linalg.solve_triangular(Lt, Y, upper=True).transpose(0, 1), its, None
+    # c_b A = M_b − a I; keep the eigenpairs above woodbury_eps · a (the paper's truncated SVD of J_b). The
+    # eigendecomposition runs in float64 whatever the working dtype: a float32 eigh of A has an error constant large
+    # enough to miss the float32 tolerance once 1/τ amplifies it.
+    eigenvalues_A, V = torch.linalg.eigh((M_b - a * torch.eye(d, dtype=dtype, device=device)).double())
+    keep = eigenvalues_A > woodbury_eps * a
+    V, D2 = V[:, keep].to(dtype), eigenvalues_A[keep].to(dtype)
+    inv_sqrt_a = a.rsqrt()
+    shrink = (D2 + a).rsqrt() - inv_sqrt_a  # C^{-1/2} = a^{-1/2} I + V diag(shrink) Vᵀ
+
+    def c_inv_sqrt(X):
+        return inv_sqrt_a * X + V @ (shrink[:, None] * (V.transpose(0, 1) @ X))
+
+    def apply(X):  # C^{-1/2} M_f C^{-1/2} X
+        return c_inv_sqrt(M_f @ c_inv_sqrt(X))
+
+    values, Y, its = _topk_of_operator(apply, d, k, dtype, device, tol)
+    return values, c_inv_sqrt(Y).transpose(0, 1), its, int(keep.sum())
+
+
 def solve_general(
     jacobian: torch.Tensor,
     regions: Regions,
@@ -100,36 +136,10 @@ def solve_general(
             S = c_f * (F.transpose(0, 1) @ F)
             values, U, its = _top_eigenpairs(S, k, tol)
             n = torch.linalg.solve_triangular(L.transpose(0, 1), F @ U, upper=True).transpose(0, 1)
-        elif method == "cholesky":
-            L = cholesky_checked(M_b, tau, J.dtype)
-            Lt = L.transpose(0, 1)
-
-            def apply(X):  # L⁻¹ M_f L⁻ᵀ X
-                Z = torch.linalg.solve_triangular(Lt, X, upper=True)
-                return torch.linalg.solve_triangular(L, M_f @ Z, upper=False)
-
-            values, Y, its = _topk_of_operator(apply, J.shape[1], k, dtype, J.device, tol)
-            n = torch.linalg.solve_triangular(Lt, Y, upper=True).transpose(0, 1)
         else:
-            # c_b A = M_b − a I; keep the eigenpairs above woodbury_eps · a (the paper's truncated SVD of J_b).
-            # The eigendecomposition runs in float64 whatever the working dtype: a float32 eigh of A has an error
-            # constant large enough to miss the float32 tolerance once 1/τ amplifies it.
-            c_b_A = (M_b - a * torch.eye(M_b.shape[0], dtype=dtype, device=J.device)).double()
-            eigenvalues_A, V = torch.linalg.eigh(c_b_A)
-            keep = eigenvalues_A > woodbury_eps * a
-            V, D2 = V[:, keep].to(dtype), eigenvalues_A[keep].to(dtype)
-            inv_sqrt_a = a.rsqrt()
-            shrink = (D2 + a).rsqrt() - inv_sqrt_a  # C^{-1/2} = a^{-1/2} I + V diag(shrink) Vᵀ
-
-            def c_inv_sqrt(X):
-                return inv_sqrt_a * X + V @ (shrink[:, None] * (V.transpose(0, 1) @ X))
-
-            def apply(X):  # C^{-1/2} M_f C^{-1/2} X
-                return c_inv_sqrt(M_f @ c_inv_sqrt(X))
-
-            values, Y, its = _topk_of_operator(apply, J.shape[1], k, dtype, J.device, tol)
-            n = c_inv_sqrt(Y).transpose(0, 1)
-            info["woodbury_rank"] = int(keep.sum())
+            values, n, its, rank = solve_pencil(M_f, M_b, a, k, tau, J.dtype, method, tol, woodbury_eps)
+            if rank is not None:
+                info["woodbury_rank"] = rank
         n = canonical_directions(n)
         out_values.append(values)
         out_vectors.append(n)
