@@ -94,7 +94,7 @@ def cmd_directions(args) -> int:
     return 0
 
 
-def cmd_mine(args) -> int:
+def cmd_mine(args, shard=(0, 1)) -> int:
     from .mining import first_latent, mine, open_jacobian
 
     regions = list(args.regions.split(",")) if args.regions else []
@@ -111,9 +111,10 @@ def cmd_mine(args) -> int:
         regions += box_grid([int(s) for s in args.box_grid.split(",")], args.stride, grid[1:])
     check(len(regions) > 0, "--regions", "at least one region (--regions, --box, --boxes, --masks or --box-grid)")
     results = mine(args.jacobian, regions, out=args.out, k=args.k, tau=args.tau, normalize=args.normalize,
-                   grid=_grid(args), device=args.device, progress=not args.quiet)
-    print(f"{len(results.names)} regions x {len(results.latents)} latent codes in {args.out}")
-    if args.export_original:
+                   grid=_grid(args), device=args.device, progress=not args.quiet and shard[0] == 0, shard=shard)
+    if shard[0] == 0:
+        print(f"{len(results.names)} regions x {len(results.latents)} latent codes in {args.out}")
+    if args.export_original and shard[1] == 1:
         written = results.export_original(args.export_original)
         print(f"wrote {len(written)} files in the original layout to {args.export_original}")
     return 0

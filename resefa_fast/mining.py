@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,13 +51,17 @@ def first_latent(array, batched: Optional[bool] = None, grid=None):
 
 
 def mine(jacobian, regions, out: str, k: int = 16, tau: float = 1e-3, normalize: str = "mean",
-         batched: Optional[bool] = None, grid=None, device: Optional[str] = None, progress: bool = True) -> Results:
+         batched: Optional[bool] = None, grid=None, device: Optional[str] = None, progress: bool = True,
+         shard: Tuple[int, int] = (0, 1)) -> Results:
     """Directions for every region × every latent code of ``jacobian`` into the results store ``out``.
 
     ``jacobian``: an array or a ``.npy`` path in any layout of :mod:`resefa_fast.inputs` (a leading N is the latent
     codes; the original's ``[N, H, W, 1, d]`` files work as they are). ``regions``: anything
     :func:`resefa_fast.regions.as_regions` takes (a list of presets, ``[R, 4]`` boxes, ``[R, H, W]`` masks).
-    ``device``: where to compute (default: CUDA if available). Returns :func:`~resefa_fast.load_results` of ``out``.
+    ``device``: where to compute (default: CUDA if available). ``shard=(rank, world)``: do only the latent codes
+    ``n ≡ rank (mod world)`` (:mod:`resefa_fast.distributed` sets it; every rank writes its own files into the same
+    store, and identical manifests written concurrently are harmless since each write is an atomic rename).
+    Returns :func:`~resefa_fast.load_results` of ``out``.
     """
     array, source = open_jacobian(jacobian, batched)
     shape = tuple(array.shape)
@@ -78,8 +82,11 @@ def mine(jacobian, regions, out: str, k: int = 16, tau: float = 1e-3, normalize:
         "package_version": __version__,
     }
     store = ResultsStore(out, manifest)
-    todo = [n for n in range(N) if not store.done(n)]
-    bar = tqdm(total=N, initial=N - len(todo), desc="latent codes", unit="latent", disable=not progress)
+    rank, world = shard
+    mine_ = [n for n in range(N) if n % world == rank]
+    todo = [n for n in mine_ if not store.done(n)]
+    bar = tqdm(total=len(mine_), initial=len(mine_) - len(todo), desc="latent codes", unit="latent",
+               disable=not progress)
     for n in todo:
         start = time.perf_counter()
         J = torch.as_tensor(np.array(latent(n))).to(device)  # one latent code read from the (memory-mapped) file
