@@ -59,3 +59,21 @@ def test_cli_examples_run_as_written(tmp_path):
         assert done.returncode == 0, done.stderr
     assert np.load(tmp_path / "eyes.npz")["directions"].shape == (2, 16, 16)
     assert resefa_fast.load_results(str(tmp_path / "store")).latents == [0, 1]
+
+
+def test_torchrun_example_runs_with_two_processes(tmp_path):
+    """The README's torchrun line, with 2 processes instead of 8 (this machine has 2 cores) on gloo."""
+    import shlex
+
+    line = next(line for line in README.splitlines() if line.startswith("torchrun "))
+    words = shlex.split(line)
+    assert words[1] == "--nproc_per_node=8"
+    J = torch.stack([random_jacobian((256, 256), 12, rank=8, seed=s) for s in range(3)])
+    np.save(tmp_path / "jacobians.npy", J.reshape(3, 256, 256, 1, 12).numpy())
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
+               "--rdzv_endpoint=127.0.0.1:0"] + words[2:] + ["--k", "4", "--quiet"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = resefa_fast.load_results(str(tmp_path / "store"))
+    assert results.latents == [0, 1, 2] and results.names == ["eyes", "nose"]
