@@ -1,0 +1,349 @@
+"""The forward-mode Jacobian engine (DESIGN.md §3).
+
+J of ``readout ∘ fn`` at a latent code: rows = analysed pixels (P, the readout's ``[C, H, W]`` flattened
+row-major), columns = latent dimensions (d, the latent flattened row-major, e.g. W+ ``[L, 512]`` -> L·512).
+Column j is the JVP with the tangent ``t_x = e_j``; a chunk of k tangents runs as ``vmap(jvp)`` with the primal
+unbatched, so the primal is computed once per chunk and the tangents as one batch.
+
+Glossary: N latent codes, d latent dims, P analysed pixels, k tangents per chunk, L W+ rows, s(l) the first
+stage that reads W+ row l.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch.func import jvp, vmap
+
+from ..errors import ResefaError, check
+from .readouts import output_grid
+from .staged import first_stages, is_staged, primal_states, synthesize
+from .targets import Target, make_target
+
+__all__ = ["jacobian", "JacobianInfo", "jvp_columns", "PRECISIONS"]
+
+#: Compute modes: "float32" (tf32 off for matmuls *and* cuDNN convolutions, which default to tf32 on Ampere+),
+#: "tf32" (on), "bfloat16" / "float16" (autocast: reduced-precision tangents, opt-in; see benchmarks/NOTES_jacobian.md).
+PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
+#: Chunk size on the CPU when none is given (memory is rarely the limit there; larger chunks stop paying off).
+CPU_CHUNK = 32
+#: Largest automatic chunk on CUDA (beyond this the tangent batch is already large enough to fill an H100).
+MAX_AUTO_CHUNK = 512
+#: Fraction of free device memory the automatic chunk size may plan to use.
+MEMORY_FRACTION = 0.8
+
+
+@dataclass
+class JacobianInfo:
+    """What a run did: ``chunk_size`` (final), ``splits`` (OOM split-and-retry events), ``seconds``,
+    ``stage_runs`` / ``stage_runs_without_skip`` (tangent × stage evaluations with and without layer skip; equal
+    for generic callables, which count as one stage), ``groups`` (first stage -> number of tangents)."""
+    chunk_size: int = 0
+    splits: int = 0
+    seconds: float = 0.0
+    layer_skip: bool = False
+    stage_runs: int = 0
+    stage_runs_without_skip: int = 0
+    groups: Dict[int, int] = field(default_factory=dict)
+    chunk_sizes: List[int] = field(default_factory=list)
+
+
+@dataclass
+class _Group:
+    """Tangents that start at the same stage: ``columns`` ``[k]`` and ``evaluate(x) -> pixels [C, H, W]``."""
+    start: int
+    columns: torch.Tensor
+    evaluate: Callable[[torch.Tensor], torch.Tensor]
+    stages: int  # stages each tangent of the group runs
+
+
+def jacobian(
+    fn: Callable,
+    latent,
+    readout: Optional[Callable] = None,
+    chunk_size: Optional[int] = None,
+    out="device",
+    dtype: Optional[torch.dtype] = None,
+    precision: str = "float32",
+    layer_skip="auto",
+    progress: Optional[bool] = None,
+    check_fn: bool = True,
+    return_info: bool = False,
+):
+    """Jacobian ``J`` ``[P, d]`` of ``readout(fn(latent))`` by forward mode, in tangent chunks.
+
+    Args:
+        fn: a differentiable, deterministic callable ``latent -> image`` (``[C, H, W]`` or ``[1, C, H, W]``), or a
+            generator implementing :class:`~resefa_fast.jacobian.StagedGenerator` (then ``latent`` is W+
+            ``[num_ws, w_dim]`` -- with layer skip -- or w ``[w_dim]``, repeated on all layers as the original does).
+        latent: one code (a tensor of any shape; d = its number of elements) or a list/tuple of N codes of one shape.
+        readout: ``image [B, C, H, W] -> pixels [B, C', H', W']`` (see :mod:`resefa_fast.jacobian.readouts`);
+            None keeps the image. J's row p = c·H'·W' + h·W' + w.
+        chunk_size: tangents per ``vmap(jvp)`` call; None picks it from free device memory (CUDA; measured on the
+            first two chunks) or uses 32 (CPU). A chunk that runs out of memory is halved and retried.
+        out: "device" (``[P, d]`` tensor), "host"/"pinned" (CPU, pinned when CUDA exists), a ``.npy`` path
+            (original layout ``[N, H, W, 1, d]`` / ``[N, C, H, W, 1, d]``, atomic), a tensor to fill,
+            ``Memmap(path, layout)`` or ``Grams(weights)`` (masked Grams without keeping J).
+        dtype: dtype of the stored J (default: the latent's; the ``.npy`` file is always float32).
+        precision: one of :data:`PRECISIONS`; "float32" turns tf32 off for the run.
+        layer_skip: True / False / "auto" (on for a staged generator given W+).
+        progress: tqdm bar: None = when stderr is a terminal, True / False = always / never.
+        check_fn: run the input checks on ``fn`` (mutation, determinism, NaN/Inf, dependence) before the chunks.
+        return_info: also return a :class:`JacobianInfo`.
+
+    Returns:
+        ``[P, d]`` for one code, ``[N, P, d]`` for a list; a read-only ``np.memmap`` for ``.npy``; ``(grams, traces)``
+        for ``Grams``. With ``return_info``: ``(result, info)``.
+    """
+    started = time.perf_counter()
+    check(callable(fn), "fn", "a callable or a staged generator", type(fn).__name__)
+    several = isinstance(latent, (list, tuple))
+    latents = list(latent) if several else [latent]
+    check(len(latents) > 0, "latent", "a tensor or a non-empty list of tensors", latent)
+    for i, x in enumerate(latents):
+        check(isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel() > 0, "latent",
+              "a non-empty floating-point tensor (or a list of them)", type(x).__name__ if not isinstance(
+                  x, torch.Tensor) else f"{x.dtype} {tuple(x.shape)}")
+        check(x.shape == latents[0].shape and x.device == latents[0].device, "latent",
+              "codes of one shape on one device", f"{tuple(x.shape)} on {x.device} at index {i}")
+        check(bool(torch.isfinite(x).all()), "latent", "finite (no NaN/Inf)", f"code {i}")
+    check(readout is None or callable(readout), "readout", "None or a callable image -> pixels",
+          type(readout).__name__)
+    check(chunk_size is None or (isinstance(chunk_size, int) and not isinstance(chunk_size, bool)
+                                 and chunk_size > 0), "chunk_size", "None or a positive int", repr(chunk_size))
+    check(precision in PRECISIONS, "precision", f"one of {PRECISIONS}", repr(precision))
+    check(layer_skip in (True, False, "auto"), "layer_skip", "True, False or 'auto'", repr(layer_skip))
+    check(dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point), "dtype",
+          "None or a floating torch.dtype", dtype)
+    target = make_target(out)
+    device = latents[0].device
+    dtype = dtype or latents[0].dtype
+    d = latents[0].numel()
+    read = _pixels(readout)
+
+    staged = is_staged(fn)
+    if staged:
+        check(tuple(latents[0].shape) in ((fn.num_ws, fn.w_dim), (fn.w_dim,)), "latent",
+              f"W+ [{fn.num_ws}, {fn.w_dim}] or w [{fn.w_dim}] for this generator", tuple(latents[0].shape))
+        check(layer_skip != True or latents[0].dim() == 2, "layer_skip",  # noqa: E712
+              "False or 'auto' for a w latent (layer skip needs W+)", layer_skip)
+        skip = layer_skip in (True, "auto") and latents[0].dim() == 2
+        plain = _plain_staged(fn, read)
+    else:
+        check(layer_skip != True, "layer_skip", "False or 'auto' for a callable without the "  # noqa: E712
+              "StagedGenerator protocol", layer_skip)
+        skip = False
+        plain = lambda x: read(fn(x))  # noqa: E731
+
+    info = JacobianInfo(layer_skip=skip)
+    with _precision(precision, device), torch.no_grad():
+        grid = _check_fn(plain, latents[0]) if check_fn else output_grid(tuple(_shape_of(plain, latents[0])))
+        target.begin(len(latents), grid, d, device, dtype)
+        try:
+            chunks = _Chunker(chunk_size, device, d)
+            bar = _progress(progress, len(latents) * d)
+            for n, x in enumerate(latents):
+                groups = _staged_groups(fn, x, read) if skip else [
+                    _Group(0, torch.arange(d), plain, fn.num_stages if staged else 1)]
+                for group in groups:
+                    info.groups[group.start] = info.groups.get(group.start, 0) + group.columns.numel()
+                    for cols, block in chunks.run(group.evaluate, x, group.columns):
+                        if not bool(torch.isfinite(block).all()):
+                            raise ResefaError(f"`fn` must give finite outputs; its JVP has NaN/Inf in latent code "
+                                              f"{n}, columns {int(cols[0])}..{int(cols[-1])}")
+                        target.write(n, cols, block)
+                        info.stage_runs += cols.numel() * group.stages
+                        bar.update(cols.numel())
+                info.stage_runs_without_skip += d * (fn.num_stages if staged else 1)
+            bar.close()
+            result = target.finish(squeeze=not several)
+        except BaseException:
+            target.abort()
+            raise
+    info.chunk_size, info.splits, info.chunk_sizes = chunks.size, chunks.splits, chunks.history
+    info.seconds = time.perf_counter() - started
+    return (result, info) if return_info else result
+
+
+def jvp_columns(evaluate: Callable, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Columns ``cols`` ``[k]`` of the Jacobian of ``evaluate`` at ``x``: ``[k, P]`` (row i = ∂evaluate/∂x_cols[i]).
+    One ``vmap(jvp)`` call: the primal once, the k one-hot tangents ``t_x`` as a batch."""
+    k = cols.numel()
+    t_x = torch.zeros(k, x.numel(), dtype=x.dtype, device=x.device)
+    t_x[torch.arange(k, device=x.device), cols.to(x.device)] = 1
+    t_x = t_x.reshape(k, *x.shape)
+    return vmap(lambda t: jvp(evaluate, (x,), (t,))[1])(t_x).reshape(k, -1)
+
+
+def _is_oom(error: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(error, oom) or (isinstance(error, RuntimeError) and "out of memory" in str(error))
+
+
+class _Chunker:
+    """Runs columns in chunks: a fixed size, or (CUDA, ``size=None``) 2 then 4 tangents measured for peak memory
+    and the size extrapolated from free memory; an out-of-memory chunk is halved and retried (down to 1)."""
+
+    def __init__(self, size: Optional[int], device: torch.device, dim: int):
+        self.device, self.dim, self.splits, self.history = device, dim, 0, []
+        self.measure = size is None and device.type == "cuda"
+        self.size = size if size is not None else (2 if self.measure else min(CPU_CHUNK, dim))
+        self.peaks: List[Tuple[int, int]] = []
+
+    def run(self, evaluate, x, columns):
+        i = 0
+        while i < columns.numel():
+            k = min(self.size, columns.numel() - i)
+            cols = columns[i:i + k]
+            if self.measure:
+                torch.cuda.synchronize(self.device)
+                base = torch.cuda.memory_allocated(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+            try:
+                block = jvp_columns(evaluate, x, cols)
+            except Exception as error:
+                if not _is_oom(error):
+                    raise
+                if k == 1:
+                    error.add_note("resefa_fast.jacobian: a single tangent does not fit in memory")
+                    raise
+                self.size, self.measure = max(1, k // 2), False
+                self.splits += 1
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            if self.measure:
+                self.peaks.append((k, torch.cuda.max_memory_allocated(self.device) - base))
+                self._plan()
+            self.history.append(k)
+            yield cols, block
+            i += k
+
+    def _plan(self):
+        """After 2 measured chunks: bytes per tangent = slope of peak memory over k; size = what fits."""
+        if len(self.peaks) == 1:
+            self.size = min(4, self.dim)
+            return
+        (k1, p1), (k2, p2) = self.peaks[-2:]
+        per = max((p2 - p1) / max(k2 - k1, 1), 1.0)
+        fixed = max(p1 - k1 * per, 0.0)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        self.size = int(max(1, min(MAX_AUTO_CHUNK, self.dim, (MEMORY_FRACTION * free - fixed) // per)))
+        self.measure = False
+
+
+def _pixels(readout):
+    """``image -> pixels [C', H', W']`` for one code: batches the image for the readout and drops the batch."""
+    def read(image):
+        if not isinstance(image, torch.Tensor):
+            raise ResefaError(f"`fn` must return a tensor image; got {type(image).__name__}")
+        if image.dim() == 2:
+            image = image[None, None]
+        elif image.dim() == 3:
+            image = image[None]
+        if image.dim() != 4 or image.shape[0] != 1:
+            raise ResefaError(f"`fn` must return an image [C, H, W] or [1, C, H, W]; got {tuple(image.shape)}")
+        pixels = image if readout is None else readout(image)
+        if not isinstance(pixels, torch.Tensor) or pixels.dim() not in (3, 4) or pixels.shape[0] != 1:
+            raise ResefaError("`readout` must map [1, C, H, W] to [1, C', H', W'] or [1, H', W']; got "
+                              f"{getattr(pixels, 'shape', type(pixels).__name__)}")
+        return pixels[0]
+    return read
+
+
+def _plain_staged(generator, read):
+    """``x -> pixels`` for a staged generator from stage 0; a w ``[w_dim]`` is repeated on all W+ rows."""
+    def evaluate(x):
+        ws = x.expand(generator.num_ws, generator.w_dim) if x.dim() == 1 else x
+        return read(synthesize(generator, ws[None]))
+    return evaluate
+
+
+def _staged_groups(generator, ws: torch.Tensor, read) -> List[_Group]:
+    """Tangent groups of W+ ``ws`` ``[L, w_dim]`` by first stage, each evaluating from the cached primal state
+    entering its stage (so its state tangent is zero there)."""
+    first = first_stages(generator)
+    starts = sorted(set(first))
+    cache = primal_states(generator, ws[None], starts)
+    groups = []
+    for s in starts:
+        rows = torch.tensor([row for row, f in enumerate(first) if f == s])
+        cols = (rows[:, None] * generator.w_dim + torch.arange(generator.w_dim)).flatten()
+
+        def evaluate(x, s=s):
+            return read(synthesize(generator, x[None], s, cache[s]))
+        groups.append(_Group(s, cols, evaluate, generator.num_stages - s))
+    return groups
+
+
+def _shape_of(evaluate, x):
+    return evaluate(x.clone()).shape
+
+
+def _check_fn(evaluate, x: torch.Tensor) -> Tuple[int, int, int]:
+    """Catch what would give a wrong J silently: ``fn`` mutating its input, randomness between calls (e.g.
+    StyleGAN noise mode "random"), NaN/Inf, forward-mode failures, no dependence on the latent. Returns the
+    readout grid ``(C, H, W)``."""
+    probe = x.clone()
+    first = evaluate(probe)
+    if not isinstance(first, torch.Tensor):
+        raise ResefaError(f"`fn` must return a tensor; got {type(first).__name__}")
+    if not torch.equal(probe, x):
+        raise ResefaError("`fn` must not modify its input in place (the latent changed during a call)")
+    if not bool(torch.isfinite(first).all()):
+        raise ResefaError("`fn` must give finite outputs; its output at `latent` has NaN/Inf")
+    second = evaluate(x.clone())
+    if not torch.equal(first, second):
+        raise ResefaError("`fn` must be deterministic (two calls at one latent differ: fix the noise, e.g. "
+                          "noise_mode='const', and put dropout layers in eval mode)")
+    t_x = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype).to(x.device)
+    try:
+        _, t_y = jvp(evaluate, (x.clone(),), (t_x,))
+    except Exception as error:
+        if _is_oom(error) or isinstance(error, ResefaError):
+            raise
+        raise ResefaError(f"`fn` must be differentiable in forward mode (torch.func.jvp failed: "
+                          f"{type(error).__name__}: {error})") from error
+    if not bool(torch.isfinite(t_y).all()):
+        raise ResefaError("`fn` must give finite outputs; its JVP at `latent` has NaN/Inf")
+    if not bool((t_y != 0).any()):
+        raise ResefaError("`fn`'s output must depend on `latent` (a random tangent gave an all-zero JVP: "
+                          "detached or non-differentiable operations?)")
+    return output_grid(tuple(first.shape))
+
+
+@contextlib.contextmanager
+def _precision(precision: str, device: torch.device):
+    """tf32 on only for "tf32"; autocast for the reduced-precision tangent modes. Restores the flags after."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        if precision in ("bfloat16", "float16"):
+            with torch.autocast(device.type, dtype=getattr(torch, precision)):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(progress: Optional[bool], total: int):
+    if progress is False:
+        return _NoBar()
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="tangent", desc="jacobian", disable=None if progress is None else False,
+                leave=False)
