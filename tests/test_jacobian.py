@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resefa_fast.errors import ResefaError
 from resefa_fast.jacobian import Grams, Memmap, StagedGenerator, jacobian, readouts
@@ -169,6 +171,21 @@ def test_layer_skip_with_overlapping_rows_and_scattered_columns():
     J_ref = reverse_jacobian(lambda x: G.run_stage(2, G.run_stage(1, G.run_stage(0, None, x[None]), x[None]),
                                                    x[None])[0], ws)
     assert relative_error(J, J_ref) <= JACOBIAN_RTOL
+
+
+def test_column_subsets():
+    G = toy()
+    ws = torch.randn(G.num_ws, G.w_dim)
+    J = jacobian(G, ws, readout=readouts.original(8), chunk_size=4, progress=False)
+    for columns in ([5], [47, 0, 20, 21, 22, 9], torch.arange(8, 24), range(0, 48, 5)):
+        part, info = jacobian(G, ws, readout=readouts.original(8), chunk_size=4, columns=columns, progress=False,
+                              return_info=True)
+        index = torch.as_tensor(list(columns))
+        assert part.shape == (J.shape[0], index.numel()) and relative_error(part, J[:, index]) <= 1e-6
+        assert sum(info.groups.values()) == index.numel()
+    for bad in ([], [48], [-1], [1, 1], [0.5]):
+        with pytest.raises(ResefaError, match="`columns`"):
+            jacobian(G, ws, columns=bad, progress=False)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 7, 48, 100, None])
@@ -413,3 +430,38 @@ def test_staged_generator_must_read_every_row():
     G.RANGES = [(2, 4), (2, 3), (1, 4)]  # row 0 is read by no stage
     with pytest.raises(ResefaError, match="rows \\[0\\]"):
         jacobian(G, torch.randn(4, 3), progress=False)
+
+
+def test_automatic_chunk_size_from_free_memory(monkeypatch):
+    """CUDA without a GPU: a fake allocator whose peak is fixed + per·k. The first chunks are 2 and 4 tangents,
+    then k = (0.8 · free − fixed) / per; an OOM later still splits."""
+    per, fixed, free = 1_000, 5_000, 100_000
+    fake = {"peak": 0}
+    for name, value in [("synchronize", None), ("memory_allocated", 0), ("reset_peak_memory_stats", None),
+                        ("memory_reserved", 0), ("empty_cache", None)]:
+        monkeypatch.setattr(torch.cuda, name, lambda device=None, value=value: value)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: fake["peak"])
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 10 ** 9))
+
+    def columns(evaluate, x, cols):
+        if cols.numel() > 70:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        fake["peak"] = fixed + per * cols.numel()
+        return torch.zeros(cols.numel(), 3)
+    monkeypatch.setattr(engine, "jvp_columns", columns)
+    chunker = engine._Chunker(None, torch.device("cuda"), 1000)
+    sizes = [cols.numel() for cols, _ in chunker.run(None, None, torch.arange(1000))]
+    planned = int((engine.MEMORY_FRACTION * free - fixed) // per)  # 75
+    assert sizes[:2] == [2, 4] and chunker.splits == 1 and set(sizes[2:-1]) == {planned // 2} and sum(sizes) == 1000
+
+
+@settings(max_examples=12, deadline=None)
+@given(d=st.integers(1, 23), height=st.integers(1, 9), width=st.integers(1, 9), channels=st.integers(1, 3),
+       chunk=st.one_of(st.none(), st.integers(1, 30)), seed=st.integers(0, 1000))
+def test_odd_sizes_match_reverse(d, height, width, channels, chunk, seed):
+    torch.set_num_threads(1)
+    fn = ImageMLP(d, (height, width), channels, seed=seed)
+    z = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    J = jacobian(fn, z, chunk_size=chunk, progress=False)
+    assert J.shape == (channels * height * width * 4, d)
+    assert relative_error(J, reverse_jacobian(fn, z)) <= JACOBIAN_RTOL

@@ -26,7 +26,7 @@ from .targets import Target, make_target
 __all__ = ["jacobian", "JacobianInfo", "jvp_columns", "PRECISIONS"]
 
 #: Compute modes: "float32" (tf32 off for matmuls *and* cuDNN convolutions, which default to tf32 on Ampere+),
-#: "tf32" (on), "bfloat16" / "float16" (autocast: reduced-precision tangents, opt-in; see benchmarks/NOTES_jacobian.md).
+#: "tf32" (on), "bfloat16" / "float16" (autocast: reduced-precision tangents, opt-in; see resefa_fast/jacobian/NOTES.md).
 PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 #: Chunk size on the CPU when none is given (memory is rarely the limit there; larger chunks stop paying off).
 CPU_CHUNK = 32
@@ -72,6 +72,7 @@ def jacobian(
     progress: Optional[bool] = None,
     check_fn: bool = True,
     return_info: bool = False,
+    columns=None,
 ):
     """Jacobian ``J`` ``[P, d]`` of ``readout(fn(latent))`` by forward mode, in tangent chunks.
 
@@ -93,6 +94,8 @@ def jacobian(
         progress: tqdm bar: None = when stderr is a terminal, True / False = always / never.
         check_fn: run the input checks on ``fn`` (mutation, determinism, NaN/Inf, dependence) before the chunks.
         return_info: also return a :class:`JacobianInfo`.
+        columns: compute only these latent dimensions (distinct ints in [0, d)); J is then ``[P, len(columns)]``
+            with column i = ∂pixels/∂latent[columns[i]] (e.g. the W+ rows of a few layers, or a sample for timing).
 
     Returns:
         ``[P, d]`` for one code, ``[N, P, d]`` for a list; a read-only ``np.memmap`` for ``.npy``; ``(grams, traces)``
@@ -123,6 +126,16 @@ def jacobian(
     dtype = dtype or latents[0].dtype
     d = latents[0].numel()
     read = _pixels(readout)
+    if columns is None:
+        wanted = torch.arange(d)
+    else:
+        wanted = torch.as_tensor(columns).reshape(-1)
+        check(wanted.numel() > 0 and not wanted.is_floating_point() and not wanted.is_complex()
+              and bool(((wanted >= 0) & (wanted < d)).all()) and wanted.unique().numel() == wanted.numel(),
+              "columns", f"distinct ints in [0, {d})", columns if wanted.numel() < 10 else f"{wanted.numel()} values")
+        wanted = wanted.long()
+    position = torch.full((d,), -1, dtype=torch.long)
+    position[wanted] = torch.arange(wanted.numel())  # output column of each latent dimension (-1: not computed)
 
     staged = is_staged(fn)
     if staged:
@@ -141,23 +154,26 @@ def jacobian(
     info = JacobianInfo(layer_skip=skip)
     with _precision(precision, device), torch.no_grad():
         grid = _check_fn(plain, latents[0]) if check_fn else output_grid(tuple(_shape_of(plain, latents[0])))
-        target.begin(len(latents), grid, d, device, dtype)
+        target.begin(len(latents), grid, wanted.numel(), device, dtype)
         try:
             chunks = _Chunker(chunk_size, device, d)
-            bar = _progress(progress, len(latents) * d)
+            bar = _progress(progress, len(latents) * wanted.numel())
             for n, x in enumerate(latents):
                 groups = _staged_groups(fn, x, read) if skip else [
                     _Group(0, torch.arange(d), plain, fn.num_stages if staged else 1)]
                 for group in groups:
-                    info.groups[group.start] = info.groups.get(group.start, 0) + group.columns.numel()
-                    for cols, block in chunks.run(group.evaluate, x, group.columns):
+                    group_columns = group.columns[position[group.columns] >= 0]
+                    if group_columns.numel() == 0:
+                        continue
+                    info.groups[group.start] = info.groups.get(group.start, 0) + group_columns.numel()
+                    for cols, block in chunks.run(group.evaluate, x, group_columns):
                         if not bool(torch.isfinite(block).all()):
                             raise ResefaError(f"`fn` must give finite outputs; its JVP has NaN/Inf in latent code "
                                               f"{n}, columns {int(cols[0])}..{int(cols[-1])}")
-                        target.write(n, cols, block)
+                        target.write(n, position[cols], block)
                         info.stage_runs += cols.numel() * group.stages
                         bar.update(cols.numel())
-                info.stage_runs_without_skip += d * (fn.num_stages if staged else 1)
+                info.stage_runs_without_skip += wanted.numel() * (fn.num_stages if staged else 1)
             bar.close()
             result = target.finish(squeeze=not several)
         except BaseException:

@@ -1,0 +1,282 @@
+"""Time the Jacobian engine against its floor and the alternatives, side by side, for w and W+.
+
+Generator: a StyleGAN2-1024-shaped synthesis network with random weights (config-f channel counts, non-fused
+modulated convolutions; ``resefa_fast.jacobian.toy.ToyGenerator.config_f``), readout: the original's (nearest
+resize to 256, channel sum). Rows, for w (d = 512) and W+ (d = 9,216):
+
+- ``forward (floor)``: a plain batched forward pass, images/s (the cost a tangent is compared with);
+- ``ours``: ``resefa_fast.jacobian`` with layer skip off, and ``ours + layer skip`` (W+ only);
+- ``ours bf16`` (with --precision-study): the reduced-precision tangent mode, its J / Gram / direction errors;
+- ``jacfwd``: ``torch.func.jacfwd`` of the same function, k columns per call (it has no chunk_size argument);
+- ``reverse``: ``torch.func.jacrev(chunk_size=k)``, one VJP per analysed pixel (the original's approach).
+
+A correctness check runs first (ours vs reverse mode on sampled pixel rows and vs jacfwd on sampled columns: relative
+Frobenius error ≤ 1e-4). Timings use CUDA events after a warm-up; when --columns / --rows is less than the full
+size, the rate is measured on an evenly spread sample of columns (rows for reverse mode) and the full time is
+extrapolated (marked in the table). Our timed runs skip the input checks (``check_fn=False``: 3 forwards and one
+JVP per call, which a sample would extrapolate d / sample times). Prints a Markdown table, writes JSON (--json) with device, versions, commit.
+
+    python benchmarks/bench_jacobian.py --device cuda --json $OUT/jacobian.json
+    python benchmarks/bench_jacobian.py --small          # CPU-sized smoke run (32² generator, w_dim 16)
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from resefa_fast.jacobian import jacobian, readouts  # noqa: E402
+from resefa_fast.jacobian.toy import ToyGenerator  # noqa: E402
+
+#: Forward vs reverse mode in float32 (DESIGN.md §6).
+JACOBIAN_RTOL = 1e-4
+
+
+class Timer:
+    """Seconds of ``fn()``: CUDA events on CUDA (after ``warmup`` calls), perf_counter on the CPU; best of
+    ``repeats``. Also the peak memory above the start (CUDA)."""
+
+    def __init__(self, device, warmup=1, repeats=3):
+        self.device, self.warmup, self.repeats = torch.device(device), warmup, repeats
+
+    def __call__(self, fn):
+        cuda = self.device.type == "cuda"
+        for _ in range(self.warmup):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        best, result = float("inf"), None
+        for _ in range(self.repeats):
+            if cuda:
+                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                result = fn()
+                stop.record()
+                torch.cuda.synchronize(self.device)
+                best = min(best, start.elapsed_time(stop) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                result = fn()
+                best = min(best, time.perf_counter() - t0)
+        peak = (torch.cuda.max_memory_allocated(self.device) - base) if cuda else None
+        return best, peak, result
+
+
+def relative_error(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+def spread(total, count):
+    """``count`` indices spread evenly over ``range(total)`` (all of them when count >= total)."""
+    if count >= total:
+        return torch.arange(total)
+    return torch.linspace(0, total - 1, count).round().long().unique()
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except OSError:
+        return None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--small", action="store_true", help="CPU-sized: 32² generator, w_dim 16, readout 16²")
+    parser.add_argument("--resolution", type=int, default=1024)
+    parser.add_argument("--w-dim", type=int, default=512)
+    parser.add_argument("--readout-size", type=int, default=256)
+    parser.add_argument("--spaces", default="w,wplus", help="comma list of w, wplus")
+    parser.add_argument("--chunk-size", type=int, default=None, help="tangents per chunk (default: ours picks it)")
+    parser.add_argument("--baseline-chunk", type=int, default=32, help="chunk of jacfwd / jacrev / the floor batch")
+    parser.add_argument("--columns", type=int, default=None,
+                        help="time this many sampled columns per space and extrapolate (default: all for w, "
+                             "1152 for W+)")
+    parser.add_argument("--rows", type=int, default=256, help="pixel rows timed for reverse mode (extrapolated)")
+    parser.add_argument("--no-reverse", action="store_true")
+    parser.add_argument("--no-jacfwd", action="store_true")
+    parser.add_argument("--precision-study", action="store_true",
+                        help="bf16 tangents vs float32: J, Gram and top-direction errors (full w-space J)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.small:
+        args.resolution, args.w_dim, args.readout_size = 32, 16, 16
+        args.device = args.device if args.device != "cuda" or torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    G = (ToyGenerator.config_f(args.resolution, args.w_dim) if not args.small
+         else ToyGenerator(args.resolution, args.w_dim, channels=lambda r: min(256 // r * 4, 64))).to(device).eval()
+    for p in G.parameters():
+        p.requires_grad_(False)
+    readout = readouts.original(args.readout_size)
+    w = torch.randn(args.w_dim, generator=torch.Generator().manual_seed(0)).to(device)
+    timer = Timer(device, warmup=1, repeats=args.repeats)
+    rows, report = [], {"correctness": {}}
+
+    def pixels_of(x):  # latent (w or W+) -> analysed pixels [P], the function every row differentiates
+        ws = x.expand(G.num_ws, G.w_dim) if x.dim() == 1 else x
+        return readout(G(ws[None]))[0].reshape(-1)
+
+    # the floor: a plain batched forward pass
+    batch = args.baseline_chunk
+    ws_batch = w.expand(batch, G.num_ws, G.w_dim).contiguous()
+    with torch.no_grad():
+        seconds, peak, image = timer(lambda: readout(G(ws_batch)))
+    P = image[0].numel()
+    floor_per_image = seconds / batch
+    rows.append(dict(space="-", method=f"forward (floor), batch {batch}", count=batch, unit="images",
+                     seconds=seconds, per_item_ms=floor_per_image * 1e3, rate=batch / seconds, peak=peak,
+                     extrapolated=False))
+    print(f"P = {P} analysed pixels, floor {floor_per_image * 1e3:.3f} ms / image", flush=True)
+
+    for space in args.spaces.split(","):
+        latent = w if space == "w" else w.expand(G.num_ws, G.w_dim).contiguous()
+        d = latent.numel()
+        sample = spread(d, args.columns or (d if space == "w" else min(d, 1152)))
+        scale = d / sample.numel()
+        extrapolated = sample.numel() < d
+
+        # correctness first: ours vs reverse mode on sampled pixel rows, and vs jacfwd on sampled columns
+        check_cols = spread(d, min(d, 64))
+        check_rows = spread(P, min(P, 64))
+        J_cols = jacobian(G, latent, readout=readout, columns=check_cols, chunk_size=args.chunk_size,
+                          progress=False)  # [P, 64]
+        J_rows = torch.func.jacrev(lambda x: pixels_of(x)[check_rows.to(device)])(latent).reshape(-1, d)
+        J_rows_ours = jacobian(G, latent, readout=readout, columns=None if d <= 1152 else sample,
+                               chunk_size=args.chunk_size, progress=False)
+        reference_rows = J_rows if d <= 1152 else J_rows[:, sample.to(device)]
+        error_rev = relative_error(J_rows_ours[check_rows.to(device)], reference_rows)
+        del J_rows_ours
+        offset = torch.zeros(d, device=device)
+
+        def restricted(v, cols=check_cols):  # f of the sampled columns only (jacfwd has no column argument)
+            return pixels_of(latent + offset.index_add(0, cols.to(device), v).reshape(latent.shape))
+        J_fwd = torch.func.jacfwd(restricted)(torch.zeros(check_cols.numel(), device=device))
+        error_fwd = relative_error(J_cols, J_fwd)
+        report["correctness"][space] = {"vs_reverse": error_rev, "vs_jacfwd": error_fwd}
+        print(f"{space}: ours vs reverse {error_rev:.2e}, vs jacfwd {error_fwd:.2e}", flush=True)
+        assert error_rev <= JACOBIAN_RTOL and error_fwd <= JACOBIAN_RTOL, report["correctness"][space]
+        del J_cols, J_rows, J_fwd
+
+        variants = [("ours", False)] + ([("ours + layer skip", True)] if space == "wplus" else [])
+        for name, skip in variants:
+            info = {}
+
+            def run(skip=skip):
+                J, info["run"] = jacobian(G, latent, readout=readout, columns=sample, chunk_size=args.chunk_size,
+                                          layer_skip=skip, progress=False, return_info=True, check_fn=False)
+                return J.shape
+            seconds, peak, _ = timer(run)
+            stats = info["run"]
+            rows.append(dict(space=space, method=name, count=d, unit="tangents", seconds=seconds * scale,
+                             per_item_ms=seconds / sample.numel() * 1e3, rate=sample.numel() / seconds, peak=peak,
+                             extrapolated=extrapolated, chunk_size=stats.chunk_size, splits=stats.splits,
+                             stage_runs=stats.stage_runs, stage_runs_without_skip=stats.stage_runs_without_skip))
+
+        k = args.baseline_chunk
+        if not args.no_jacfwd:
+            n = sample.numel()
+
+            def run_jacfwd(cols=sample):  # jacfwd has no chunk_size: chunks of k columns, one jacfwd each
+                for part in cols.split(k):
+                    def restricted(v, part=part):
+                        return pixels_of(latent + offset.index_add(0, part.to(device), v).reshape(latent.shape))
+                    torch.func.jacfwd(restricted)(torch.zeros(part.numel(), device=device))
+            seconds, peak, _ = timer(run_jacfwd)
+            rows.append(dict(space=space, method=f"torch.func.jacfwd, chunk {k}", count=d, unit="tangents",
+                             seconds=seconds * scale, per_item_ms=seconds / n * 1e3, rate=n / seconds, peak=peak,
+                             extrapolated=extrapolated))
+        if not args.no_reverse:
+            pix = spread(P, args.rows).to(device)
+
+            def run_reverse():
+                return torch.func.jacrev(lambda x: pixels_of(x)[pix], chunk_size=k)(latent).shape
+            seconds, peak, _ = timer(run_reverse)
+            rows.append(dict(space=space, method=f"torch.func.jacrev, chunk {k}", count=P, unit="pixel rows",
+                             seconds=seconds * P / pix.numel(), per_item_ms=seconds / pix.numel() * 1e3,
+                             rate=pix.numel() / seconds, peak=peak, extrapolated=pix.numel() < P))
+
+    if args.precision_study:
+        report["precision"] = precision_study(G, w, readout, args.chunk_size)
+
+    for row in rows:
+        row["vs_floor"] = row["per_item_ms"] / (floor_per_image * 1e3) if row["unit"] == "tangents" else None
+    print_table(rows)
+    report.update(rows=rows, args=vars(args), P=P, device=describe(device), torch=torch.__version__,
+                  commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                  generator=f"ToyGenerator {'small' if args.small else 'config-f'} {args.resolution}² "
+                            f"w_dim {args.w_dim}, readout {readout.name}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+    return report
+
+
+def precision_study(G, w, readout, chunk_size):
+    """bf16 tangents vs float32 on the full w-space J: relative error of J, of the unmasked and the "center" region
+    Grams, and |cos| of the top-8 directions of the region (generalised eigenproblem, float64, τ = 1e-3)."""
+    J32 = jacobian(G, w, readout=readout, chunk_size=chunk_size, progress=False).double()
+    J16 = jacobian(G, w, readout=readout, chunk_size=chunk_size, precision="bfloat16", progress=False).double()
+    side = int(round((J32.shape[0]) ** 0.5))
+    mask = torch.zeros(side, side, dtype=torch.float64, device=J32.device)
+    mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 1
+    m = mask.reshape(-1)
+
+    def top(J, k=8):
+        B = (J * m[:, None]).T @ J / m.sum()
+        A = (J * (1 - m)[:, None]).T @ J / (1 - m).sum()
+        M_b = A + 1e-3 * torch.trace(A) * torch.eye(J.shape[1], dtype=J.dtype, device=J.device)
+        L = torch.linalg.cholesky(M_b)
+        C = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, B, upper=False).T, upper=False)
+        values, vectors = torch.linalg.eigh(0.5 * (C + C.T))
+        n = torch.linalg.solve_triangular(L.T, vectors.flip(1)[:, :k], upper=True).T
+        return values.flip(0)[:k], n / n.norm(dim=1, keepdim=True), B
+    v32, n32, B32 = top(J32)
+    v16, n16, B16 = top(J16)
+    result = {"J_rel_error": relative_error(J16, J32), "gram_rel_error": relative_error(J16.T @ J16, J32.T @ J32),
+              "region_gram_rel_error": relative_error(B16, B32),
+              "top8_eigenvalue_rel_error": ((v16 - v32).abs() / v32.abs()).tolist(),
+              "top8_abs_cos": (n16 * n32).sum(1).abs().tolist()}
+    print("bf16 tangents vs float32:", json.dumps(result), flush=True)
+    return result
+
+
+def describe(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def print_table(rows):
+    print("\n| space | method | d or P | total s | ms / item | items/s | vs floor | peak GiB | chunk |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        peak = "-" if r["peak"] is None else f"{r['peak'] / 2 ** 30:.2f}"
+        total = f"{r['seconds']:.3f}" + ("*" if r.get("extrapolated") else "")
+        ratio = "-" if r.get("vs_floor") is None else f"{r['vs_floor']:.2f}x"
+        print(f"| {r['space']} | {r['method']} | {r['count']} {r['unit']} | {total} | {r['per_item_ms']:.3f} | "
+              f"{r['rate']:.1f} | {ratio} | {peak} | {r.get('chunk_size', '-')} |")
+    print("\n* extrapolated from an evenly spread sample (columns for ours / jacfwd, pixel rows for jacrev)")
+
+
+if __name__ == "__main__":
+    main()
