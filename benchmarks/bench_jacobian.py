@@ -233,29 +233,23 @@ def main(argv=None):
 
 def precision_study(G, w, readout, chunk_size):
     """bf16 tangents vs float32 on the full w-space J: relative error of J, of the unmasked and the "center" region
-    Grams, and |cos| of the top-8 directions of the region (generalised eigenproblem, float64, τ = 1e-3)."""
+    Grams, and the top-8 directions of the region (``resefa_fast.reference``, float64, τ = 1e-3): eigenvalue
+    relative errors and |cos|."""
+    from resefa_fast import reference
+
     J32 = jacobian(G, w, readout=readout, chunk_size=chunk_size, progress=False).double()
     J16 = jacobian(G, w, readout=readout, chunk_size=chunk_size, precision="bfloat16", progress=False).double()
-    side = int(round((J32.shape[0]) ** 0.5))
-    mask = torch.zeros(side, side, dtype=torch.float64, device=J32.device)
+    side = int(round(J32.shape[0] ** 0.5))
+    mask = torch.zeros(side, side, dtype=torch.float64)
     mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 1
-    m = mask.reshape(-1)
-
-    def top(J, k=8):
-        B = (J * m[:, None]).T @ J / m.sum()
-        A = (J * (1 - m)[:, None]).T @ J / (1 - m).sum()
-        M_b = A + 1e-3 * torch.trace(A) * torch.eye(J.shape[1], dtype=J.dtype, device=J.device)
-        L = torch.linalg.cholesky(M_b)
-        C = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, B, upper=False).T, upper=False)
-        values, vectors = torch.linalg.eigh(0.5 * (C + C.T))
-        n = torch.linalg.solve_triangular(L.T, vectors.flip(1)[:, :k], upper=True).T
-        return values.flip(0)[:k], n / n.norm(dim=1, keepdim=True), B
-    v32, n32, B32 = top(J32)
-    v16, n16, B16 = top(J16)
+    m = mask.reshape(-1).to(J32.device)
+    top32 = reference.factorize(J32.reshape(side, side, -1).cpu(), mask, k=8)
+    top16 = reference.factorize(J16.reshape(side, side, -1).cpu(), mask, k=8)
     result = {"J_rel_error": relative_error(J16, J32), "gram_rel_error": relative_error(J16.T @ J16, J32.T @ J32),
-              "region_gram_rel_error": relative_error(B16, B32),
-              "top8_eigenvalue_rel_error": ((v16 - v32).abs() / v32.abs()).tolist(),
-              "top8_abs_cos": (n16 * n32).sum(1).abs().tolist()}
+              "region_gram_rel_error": relative_error((J16 * m[:, None]).T @ J16, (J32 * m[:, None]).T @ J32),
+              "top8_eigenvalue_rel_error": ((top16.eigenvalues - top32.eigenvalues).abs()
+                                            / top32.eigenvalues.abs()).tolist(),
+              "top8_abs_cos": (top16.directions * top32.directions).sum(1).abs().tolist()}
     print("bf16 tangents vs float32:", json.dumps(result), flush=True)
     return result
 

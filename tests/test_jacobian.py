@@ -465,3 +465,20 @@ def test_odd_sizes_match_reverse(d, height, width, channels, chunk, seed):
     J = jacobian(fn, z, chunk_size=chunk, progress=False)
     assert J.shape == (channels * height * width * 4, d)
     assert relative_error(J, reverse_jacobian(fn, z)) <= JACOBIAN_RTOL
+
+
+def test_engine_output_feeds_the_solvers(tmp_path):
+    """J from the engine (tensor [P, d] and the original-layout file) goes straight into resefa_fast.factorize."""
+    import resefa_fast as rf
+    G = toy()
+    codes = [torch.randn(G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    path = str(tmp_path / "J.npy")
+    mapped = jacobian(G, codes, readout=readouts.original(8), out=path, progress=False)  # [2, 8, 8, 1, d]
+    J = jacobian(G, codes[0], readout=readouts.original(8), progress=False)  # [64, d]
+    mask = torch.zeros(8, 8)
+    mask[2:5, 1:7] = 1
+    from_tensor = rf.reference.factorize(J.reshape(8, 8, -1), mask, k=4)
+    from_file = rf.reference.factorize(np.asarray(mapped[:1]), mask, k=4)
+    assert torch.allclose(from_file.eigenvalues.reshape(-1), from_tensor.eigenvalues.reshape(-1), rtol=1e-6)
+    assert bool(((from_file.directions.reshape(4, -1) * from_tensor.directions.reshape(4, -1)).sum(-1).abs()
+                 > 1 - 1e-6).all())
