@@ -162,7 +162,7 @@ class Overlapping(torch.nn.Module):
         return x.reshape(-1, 1, 1, 5) if i == self.num_stages - 1 else x
 
 
-def test_layer_skip_with_overlapping_rows_and_scattered_columns():
+def test_layer_skip_with_overlapping_rows_and_scattered_columns(tmp_path):
     G = Overlapping()
     assert isinstance(G, StagedGenerator)
     ws = torch.randn(4, 3)
@@ -271,17 +271,20 @@ def test_host_and_preallocated_targets():
         jacobian(G, codes, readout=readouts.rgb(), out=torch.zeros(3, 3), progress=False)
 
 
-@pytest.mark.parametrize("readout,layout,shape", [
-    ("original8", "original", lambda N, d: (N, 8, 8, 1, d)),
-    ("original32", "original", lambda N, d: (N, 3, 32, 32, 1, d)),
-    ("rgb", "flat", lambda N, d: (N, 3 * 16 * 16, d)),
+@pytest.mark.parametrize("readout,layout,shape,buffer", [
+    ("original8", "original", lambda N, d: (N, 8, 8, 1, d), None),
+    ("original32", "original", lambda N, d: (N, 3, 32, 32, 1, d), None),
+    ("rgb", "flat", lambda N, d: (N, 3 * 16 * 16, d), None),
+    ("original8", "original", lambda N, d: (N, 8, 8, 1, d), 0),            # every block written at once
+    ("original8", "original", lambda N, d: (N, 8, 8, 1, d), 4 * 64 * 20),  # flushed every 20+ columns
 ])
-def test_memmap_in_the_original_layout(tmp_path, readout, layout, shape):
+def test_memmap_in_the_original_layout(tmp_path, readout, layout, shape, buffer):
     G = toy()
     codes = [torch.randn(G.num_ws, G.w_dim) for _ in range(2)]
     J = jacobian(G, codes, readout=READOUTS[readout], chunk_size=11, progress=False)
     path = str(tmp_path / "jacobian.npy")
-    target = path if layout == "original" else Memmap(path, layout=layout)
+    target = path if layout == "original" and buffer is None else Memmap(
+        path, layout=layout, **({} if buffer is None else {"buffer_bytes": buffer}))
     mapped = jacobian(G, codes, readout=READOUTS[readout], out=target, chunk_size=11, progress=False)
     d = G.num_ws * G.w_dim
     assert mapped.shape == shape(2, d) and mapped.dtype == np.float32

@@ -113,15 +113,21 @@ class Memmap(Target):
     """A float32 ``.npy`` at ``path``: ``layout="original"`` gives ``[N, H, W, 1, d]`` when the readout has one
     channel and ``[N, C, H, W, 1, d]`` otherwise (the original compute_jacobian.py files); ``layout="flat"`` gives
     ``[N, P, d]``. Written to a temporary file beside ``path`` and renamed on success (atomic on POSIX).
-    ``finish`` returns the file opened read-only with ``np.load(path, mmap_mode="r")``."""
+    ``finish`` returns the file opened read-only with ``np.load(path, mmap_mode="r")``.
 
-    def __init__(self, path: str, layout: str = "original"):
+    Column blocks are gathered in host memory (``buffer_bytes``, 256 MiB by default) before they go to the map:
+    a block of k columns touches every row of the ``[P, d]`` file (one page per row), so writing each small block
+    directly would dirty the whole file once per chunk and let the kernel write it back many times."""
+
+    def __init__(self, path: str, layout: str = "original", buffer_bytes: int = 1 << 28):
         check(isinstance(path, (str, os.PathLike)) and str(path).endswith(".npy"), "out",
               "a path ending in .npy", repr(path))
         check(layout in ("original", "flat"), "layout", "'original' or 'flat'", repr(layout))
         check(os.path.isdir(os.path.dirname(os.path.abspath(path))), "out", "a path in an existing directory",
               repr(path))
-        self.path, self.layout, self.array, self.temporary = str(path), layout, None, None
+        check(isinstance(buffer_bytes, int) and buffer_bytes >= 0, "buffer_bytes", "an int >= 0", buffer_bytes)
+        self.path, self.layout, self.buffer_bytes = str(path), layout, buffer_bytes
+        self.array, self.temporary, self.pending = None, None, []
 
     def file_shape(self, latents, grid, dim):
         C, H, W = grid
@@ -136,14 +142,31 @@ class Memmap(Target):
         os.close(handle)
         self.array = np.lib.format.open_memmap(self.temporary, mode="w+", dtype=np.float32,
                                                shape=self.file_shape(latents, grid, dim))
+        self.pending_columns = max(1, self.buffer_bytes // (4 * int(np.prod(grid))))
 
     def write(self, n, cols, block):
+        if self.pending and self.pending[0][0] != n:
+            self.flush()
+        self.pending.append((n, cols, block.detach().to("cpu", torch.float32)))
+        if sum(c.numel() for _, c, _ in self.pending) >= self.pending_columns:
+            self.flush()
+
+    def flush(self):
+        """Write the gathered blocks of one latent code: ``[P, k]`` columns in one (sorted) assignment."""
+        if not self.pending:
+            return
+        n = self.pending[0][0]
+        cols = torch.cat([c for _, c, _ in self.pending])
+        blocks = torch.cat([b for _, _, b in self.pending])  # [k, P]
+        order = torch.argsort(cols)
+        cols, blocks = cols[order], blocks[order]
         rows = self.array[n].reshape(-1, self.dim)  # a view of the map, [P, d]
-        part = block.detach().to("cpu", torch.float32).numpy().T  # [P, k]
         where = _as_slice(cols)
-        rows[:, where if where is not None else cols.numpy()] = part
+        rows[:, where if where is not None else cols.numpy()] = blocks.numpy().T
+        self.pending = []
 
     def finish(self, squeeze):
+        self.flush()
         self.array.flush()
         self.array = None
         os.replace(self.temporary, self.path)
@@ -151,7 +174,7 @@ class Memmap(Target):
         return np.load(self.path, mmap_mode="r")
 
     def abort(self):
-        self.array = None
+        self.array, self.pending = None, []
         if self.temporary is not None and os.path.exists(self.temporary):
             os.remove(self.temporary)
         self.temporary = None
