@@ -5,7 +5,9 @@ modulated convolutions; ``resefa_fast.jacobian.toy.ToyGenerator.config_f``), rea
 resize to 256, channel sum). Rows, for w (d = 512) and W+ (d = 9,216):
 
 - ``forward (floor)``: a plain batched forward pass, images/s (the cost a tangent is compared with);
-- ``ours``: ``resefa_fast.jacobian`` with layer skip off, and ``ours + layer skip`` (W+ only);
+- ``ours``: ``resefa_fast.jacobian`` with layer skip off, ``ours + layer skip`` (W+ only: tangent groups start
+  at the first stage reading their row) and ``ours + layer skip by row`` (the generator takes W+ as a tuple of rows,
+  so only the perturbed row carries a tangent: ``StagedGenerator.accepts_ws_rows``);
 - ``ours bf16`` (with --precision-study): the reduced-precision tangent mode, its J / Gram / direction errors;
 - ``jacfwd``: ``torch.func.jacfwd`` of the same function, k columns per call (it has no chunk_size argument);
 - ``reverse``: ``torch.func.jacrev(chunk_size=k)``, one VJP per analysed pixel (the original's approach).
@@ -177,9 +179,11 @@ def main(argv=None):
         assert error_rev <= JACOBIAN_RTOL and error_fwd <= JACOBIAN_RTOL, report["correctness"][space]
         del J_cols, J_rows, J_fwd
 
-        variants = [("ours", False)] + ([("ours + layer skip", True)] if space == "wplus" else [])
-        for name, skip in variants:
+        variants = [("ours", False, False)] + ([("ours + layer skip", True, False),
+                                                  ("ours + layer skip by row", True, True)] if space == "wplus" else [])
+        for name, skip, by_row in variants:
             info = {}
+            G.accepts_ws_rows = by_row  # W+ as a tuple of rows: one row carries the tangent (StagedGenerator)
 
             def run(skip=skip):
                 J, info["run"] = jacobian(G, latent, readout=readout, columns=sample, chunk_size=args.chunk_size,
@@ -191,6 +195,7 @@ def main(argv=None):
                              per_item_ms=seconds / sample.numel() * 1e3, rate=sample.numel() / seconds, peak=peak,
                              extrapolated=extrapolated, chunk_size=stats.chunk_size, splits=stats.splits,
                              stage_runs=stats.stage_runs, stage_runs_without_skip=stats.stage_runs_without_skip))
+        G.accepts_ws_rows = False
 
         k = args.baseline_chunk
         if not args.no_jacfwd:

@@ -34,8 +34,9 @@ def relative_error(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def toy(resolution=16, w_dim=8, channels=6, seed=0):
-    return ToyGenerator(resolution, w_dim, channels=lambda r: channels, seed=seed).eval()
+def toy(resolution=16, w_dim=8, channels=6, seed=0, accepts_ws_rows=False):
+    return ToyGenerator(resolution, w_dim, channels=lambda r: channels, seed=seed,
+                        accepts_ws_rows=accepts_ws_rows).eval()
 
 
 class ImageMLP(torch.nn.Module):
@@ -80,7 +81,7 @@ READOUTS = {
 
 @pytest.mark.parametrize("readout", list(READOUTS))
 def test_forward_matches_reverse_staged(readout):
-    G = toy()
+    G = toy(accepts_ws_rows=readout in ("original8", "crop-gray"))
     ws = torch.randn(G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(1))
     J = jacobian(G, ws, readout=READOUTS[readout], progress=False)
     J_ref = reverse_jacobian(staged_call(G), ws, READOUTS[readout])
@@ -123,9 +124,9 @@ def test_original_readout_is_the_original_formula():
     assert readouts.area(4, "rgb")(torch.ones(1, 3, 16, 16)).shape == (1, 3, 4, 4)
 
 
-@pytest.mark.parametrize("resolution", [16, 32])
-def test_layer_skip_equals_plain_and_saves_stage_runs(resolution):
-    G = toy(resolution)
+@pytest.mark.parametrize("resolution,by_row", [(16, False), (32, False), (16, True), (32, True)])
+def test_layer_skip_equals_plain_and_saves_stage_runs(resolution, by_row):
+    G = toy(resolution, accepts_ws_rows=by_row)
     ws = torch.randn(G.num_ws, G.w_dim)
     J_skip, info_skip = jacobian(G, ws, readout=readouts.rgb(), chunk_size=7, progress=False, return_info=True)
     J_plain, info_plain = jacobian(G, ws, readout=readouts.rgb(), chunk_size=7, layer_skip=False, progress=False,
@@ -173,8 +174,9 @@ def test_layer_skip_with_overlapping_rows_and_scattered_columns(tmp_path):
     assert relative_error(J, J_ref) <= JACOBIAN_RTOL
 
 
-def test_column_subsets():
-    G = toy()
+@pytest.mark.parametrize("by_row", [False, True])
+def test_column_subsets(by_row):
+    G = toy(accepts_ws_rows=by_row)
     ws = torch.randn(G.num_ws, G.w_dim)
     J = jacobian(G, ws, readout=readouts.original(8), chunk_size=4, progress=False)
     for columns in ([5], [47, 0, 20, 21, 22, 9], torch.arange(8, 24), range(0, 48, 5)):
@@ -248,8 +250,9 @@ def test_oom_raised_by_fn_itself_is_retried():
     assert relative_error(J, jacobian(fn, z, progress=False)) <= 1e-6
 
 
-def test_several_latents():
-    G = toy()
+@pytest.mark.parametrize("by_row", [False, True])
+def test_several_latents(by_row):
+    G = toy(accepts_ws_rows=by_row)
     codes = [torch.randn(G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     J = jacobian(G, codes, readout=readouts.original(8), chunk_size=9, progress=False)
     assert J.shape[0] == 3

@@ -53,11 +53,15 @@ class JacobianInfo:
 
 @dataclass
 class _Group:
-    """Tangents that start at the same stage: ``columns`` ``[k]`` and ``evaluate(x) -> pixels [C, H, W]``."""
+    """Tangents that start at the same stage: latent columns ``offset + local`` (``local`` ``[k]``), differentiated
+    as ``evaluate(primal) -> pixels [C, H, W]`` where ``primal`` is the whole latent or (row-wise layer skip) the
+    one W+ row the group perturbs, and ``local`` indexes ``primal`` flattened."""
     start: int
-    columns: torch.Tensor
+    local: torch.Tensor
     evaluate: Callable[[torch.Tensor], torch.Tensor]
     stages: int  # stages each tangent of the group runs
+    primal: Optional[torch.Tensor] = None  # None: the latent itself
+    offset: int = 0
 
 
 def jacobian(
@@ -162,11 +166,13 @@ def jacobian(
                 groups = _staged_groups(fn, x, read) if skip else [
                     _Group(0, torch.arange(d), plain, fn.num_stages if staged else 1)]
                 for group in groups:
-                    group_columns = group.columns[position[group.columns] >= 0]
-                    if group_columns.numel() == 0:
+                    local = group.local[position[group.local + group.offset] >= 0]
+                    if local.numel() == 0:
                         continue
-                    info.groups[group.start] = info.groups.get(group.start, 0) + group_columns.numel()
-                    for cols, block in chunks.run(group.evaluate, x, group_columns):
+                    info.groups[group.start] = info.groups.get(group.start, 0) + local.numel()
+                    primal = x if group.primal is None else group.primal
+                    for cols, block in chunks.run(group.evaluate, primal, local):
+                        cols = cols + group.offset
                         if not bool(torch.isfinite(block).all()):
                             raise ResefaError(f"`fn` must give finite outputs; its JVP has NaN/Inf in latent code "
                                               f"{n}, columns {int(cols[0])}..{int(cols[-1])}")
@@ -281,12 +287,24 @@ def _plain_staged(generator, read):
 
 def _staged_groups(generator, ws: torch.Tensor, read) -> List[_Group]:
     """Tangent groups of W+ ``ws`` ``[L, w_dim]`` by first stage, each evaluating from the cached primal state
-    entering its stage (so its state tangent is zero there)."""
+    entering its stage (so its state tangent is zero there).
+
+    A generator with ``accepts_ws_rows = True`` gets one group per W+ row l, and ``run_stage`` receives W+ as a
+    tuple of rows ``[1, w_dim]`` in which only row l carries the tangent: the layers that read other rows (their
+    styles, demodulation, the convolutions before the first layer reading l) then run without a tangent at all."""
     first = first_stages(generator)
-    starts = sorted(set(first))
-    cache = primal_states(generator, ws[None], starts)
+    cache = primal_states(generator, ws[None], sorted(set(first)))
     groups = []
-    for s in starts:
+    if getattr(generator, "accepts_ws_rows", False):
+        rows = [ws[row][None] for row in range(generator.num_ws)]  # [1, w_dim] each, no tangent
+        for row, s in enumerate(first):
+            def evaluate(w_row, s=s, row=row):
+                return read(synthesize(generator, tuple(rows[:row]) + (w_row[None],) + tuple(rows[row + 1:]), s,
+                                       cache[s]))
+            groups.append(_Group(s, torch.arange(generator.w_dim), evaluate, generator.num_stages - s,
+                                 primal=ws[row], offset=row * generator.w_dim))
+        return groups
+    for s in sorted(set(first)):
         rows = torch.tensor([row for row, f in enumerate(first) if f == s])
         cols = (rows[:, None] * generator.w_dim + torch.arange(generator.w_dim)).flatten()
 

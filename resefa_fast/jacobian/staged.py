@@ -11,7 +11,7 @@ from typing import Any, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 
-__all__ = ["StagedGenerator", "is_staged", "synthesize", "first_stages", "primal_states"]
+__all__ = ["StagedGenerator", "is_staged", "synthesize", "first_stages", "primal_states", "ws_row"]
 
 
 @runtime_checkable
@@ -24,6 +24,9 @@ class StagedGenerator(Protocol):
     - ``run_stage(i, state, ws) -> state``: ``ws`` ``[B, num_ws, w_dim]`` is the full W+; ``state`` is None for
       i == 0, else what stage i-1 returned (a tensor or a tuple of tensors); the last stage returns the image
       ``[B, C, H, W]``. A stage must depend on W+ only through rows ``first .. stop-1``, and on nothing random.
+    - optional ``accepts_ws_rows = True``: ``run_stage`` also accepts ``ws`` as a tuple of ``num_ws`` rows
+      ``[B, w_dim]`` (read row l with :func:`ws_row`); the engine then perturbs one row at a time and every layer
+      that does not read it runs without a tangent (layer skip at layer, not stage, granularity).
     """
 
     num_ws: int
@@ -33,6 +36,11 @@ class StagedGenerator(Protocol):
     def stage_ws_rows(self, i: int) -> Tuple[int, int]: ...
 
     def run_stage(self, i: int, state: Any, ws: torch.Tensor) -> Any: ...
+
+
+def ws_row(ws, row: int) -> torch.Tensor:
+    """Row ``row`` ``[B, w_dim]`` of W+ given as a ``[B, num_ws, w_dim]`` tensor or a tuple of rows."""
+    return ws[row] if isinstance(ws, (tuple, list)) else ws[:, row]
 
 
 def is_staged(fn) -> bool:

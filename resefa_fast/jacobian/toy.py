@@ -17,6 +17,8 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .staged import ws_row
+
 __all__ = ["ToyGenerator"]
 
 
@@ -24,8 +26,10 @@ class ToyGenerator(torch.nn.Module):
     """``ToyGenerator(resolution, w_dim, channels)``: ``channels(r)`` gives the feature channels at resolution r
     (default ``min(16384 // r, 512)``, halved for speed: config-f is ``min(32768 // r, 512)``)."""
 
-    def __init__(self, resolution: int = 16, w_dim: int = 8, channels=None, image_channels: int = 3, seed: int = 0):
+    def __init__(self, resolution: int = 16, w_dim: int = 8, channels=None, image_channels: int = 3, seed: int = 0,
+                 accepts_ws_rows: bool = False):
         super().__init__()
+        self.accepts_ws_rows = accepts_ws_rows  # run_stage takes W+ as a tuple of rows too (see StagedGenerator)
         self.resolution, self.w_dim = resolution, w_dim
         channels = channels or (lambda r: min(16384 // r, 512))
         self.resolutions = [4 * 2 ** i for i in range(int(math.log2(resolution)) - 1)]
@@ -61,18 +65,19 @@ class ToyGenerator(torch.nn.Module):
             self.layers.append(block)
 
     @classmethod
-    def config_f(cls, resolution: int = 1024, w_dim: int = 512, seed: int = 0) -> "ToyGenerator":
+    def config_f(cls, resolution: int = 1024, w_dim: int = 512, seed: int = 0, **kwargs) -> "ToyGenerator":
         """StyleGAN2 config-f channel counts: ``min(32768 // r, 512)`` (512 up to 64², 32 at 1024²)."""
-        return cls(resolution, w_dim, channels=lambda r: min(32768 // r, 512), seed=seed)
+        return cls(resolution, w_dim, channels=lambda r: min(32768 // r, 512), seed=seed, **kwargs)
 
     def stage_ws_rows(self, i: int) -> Tuple[int, int]:
         return (0, 2) if i == 0 else (2 * i - 1, 2 * i + 2)
 
     def run_stage(self, i: int, state, ws: torch.Tensor):
-        """``ws`` ``[B, num_ws, w_dim]``; state ``(x [B, C, r/2, r/2], image [B, 3, r/2, r/2])`` or None."""
+        """``ws`` ``[B, num_ws, w_dim]`` (or a tuple of rows ``[B, w_dim]``); state ``(x [B, C, r/2, r/2],
+        image [B, 3, r/2, r/2])`` or None."""
         block = self.layers[i]
         if i == 0:
-            x, image = self.const.expand(ws.shape[0], -1, -1, -1), None
+            x, image = self.const.expand(ws_row(ws, 0).shape[0], -1, -1, -1), None
             rows = [0]
         else:
             x, image = state
@@ -80,10 +85,11 @@ class ToyGenerator(torch.nn.Module):
         for conv, row in zip(block.convs, rows):
             if conv.up:
                 x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-            x = modulated_conv(x, conv.weight, ws[:, row] @ conv.affine_weight.T + conv.affine_bias, demodulate=True)
+            style = ws_row(ws, row) @ conv.affine_weight.T + conv.affine_bias
+            x = modulated_conv(x, conv.weight, style, demodulate=True)
             x = x + conv.noise * conv.noise_strength
             x = F.leaky_relu(x + conv.bias[None, :, None, None], 0.2) * math.sqrt(2)
-        style = ws[:, 2 * i + 1] @ block.rgb_affine_weight.T + block.rgb_affine_bias
+        style = ws_row(ws, 2 * i + 1) @ block.rgb_affine_weight.T + block.rgb_affine_bias
         rgb = modulated_conv(x, block.rgb_weight, style, demodulate=False) + block.rgb_bias[None, :, None, None]
         image = rgb if image is None else F.interpolate(image, scale_factor=2, mode="bilinear",
                                                         align_corners=False) + rgb
