@@ -407,6 +407,7 @@ def test_bad_inputs():
 @pytest.mark.parametrize("bad,message", [
     (lambda fn: (lambda x: fn(x.add_(1))), "in place"),
     (lambda fn: (lambda x: fn(x) + torch.randn(1)), "deterministic"),
+    (lambda fn: (lambda x: fn(x) + 1e-3 * torch.randn(1)), "deterministic"),  # weak noise too
     (lambda fn: (lambda x: fn(x) / 0 * 0), "finite"),
     (lambda fn: (lambda x: fn(x).detach()), "depend"),
     (lambda fn: (lambda x: fn(x) * 0 + 1), "depend"),

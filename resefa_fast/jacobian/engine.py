@@ -32,6 +32,8 @@ PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 CPU_CHUNK = 32
 #: Largest automatic chunk on CUDA (beyond this the tangent batch is already large enough to fill an H100).
 MAX_AUTO_CHUNK = 512
+#: Largest relative difference between two calls of ``fn`` at one latent that still counts as deterministic.
+DETERMINISM_RTOL = 1e-5
 #: Fraction of free device memory the automatic chunk size may plan to use.
 MEMORY_FRACTION = 0.8
 
@@ -331,7 +333,10 @@ def _check_fn(evaluate, x: torch.Tensor) -> Tuple[int, int, int]:
     if not bool(torch.isfinite(first).all()):
         raise ResefaError("`fn` must give finite outputs; its output at `latent` has NaN/Inf")
     second = evaluate(x.clone())
-    if not torch.equal(first, second):
+    # not bit-exact: cuDNN may pick another algorithm on the second call (float32 rounding, ~1e-7 relative);
+    # random noise inputs differ by orders of magnitude more
+    difference = float((first.double() - second.double()).norm())
+    if not difference <= DETERMINISM_RTOL * float(first.double().norm()):
         raise ResefaError("`fn` must be deterministic (two calls at one latent differ: fix the noise, e.g. "
                           "noise_mode='const', and put dropout layers in eval mode)")
     t_x = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype).to(x.device)
