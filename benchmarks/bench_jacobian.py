@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from resefa_fast.jacobian import jacobian, readouts  # noqa: E402
+from resefa_fast.jacobian.engine import _is_oom  # noqa: E402
 from resefa_fast.jacobian.toy import ToyGenerator  # noqa: E402
 
 #: Forward vs reverse mode in float32 (DESIGN.md §6).
@@ -76,6 +77,21 @@ class Timer:
         return best, peak, result
 
 
+def measure(timer, fn, sampled, count, **row):
+    """One table row: ``fn`` timed on ``sampled`` items, the total extrapolated to ``count`` items. A run that
+    runs out of device memory gives a row marked "out of memory" instead of ending the benchmark."""
+    try:
+        seconds, peak, _ = timer(fn)
+    except Exception as error:  # noqa: BLE001 - only OOM is kept
+        if not _is_oom(error):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return dict(row, count=count, seconds=None, per_item_ms=None, rate=None, peak=None, error="out of memory")
+    return dict(row, count=count, seconds=seconds * count / sampled, per_item_ms=seconds / sampled * 1e3,
+                rate=sampled / seconds, peak=peak)
+
+
 def relative_error(a, b):
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm())
@@ -90,7 +106,7 @@ def spread(total, count):
 
 def git_commit():
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
     except OSError:
         return None
@@ -151,80 +167,14 @@ def main(argv=None):
     print(f"P = {P} analysed pixels, floor {floor_per_image * 1e3:.3f} ms / image", flush=True)
 
     for space in args.spaces.split(","):
-        latent = w if space == "w" else w.expand(G.num_ws, G.w_dim).contiguous()
-        d = latent.numel()
-        sample = spread(d, args.columns or (d if space == "w" else min(d, 1152)))
-        scale = d / sample.numel()
-        extrapolated = sample.numel() < d
-
-        # correctness first: ours vs reverse mode on sampled pixel rows, and vs jacfwd on sampled columns
-        check_cols = spread(d, min(d, 64))
-        check_rows = spread(P, min(P, 64))
-        J_cols = jacobian(G, latent, readout=readout, columns=check_cols, chunk_size=args.chunk_size,
-                          progress=False)  # [P, 64]
-        J_rows = torch.func.jacrev(lambda x: pixels_of(x)[check_rows.to(device)])(latent).reshape(-1, d)
-        J_rows_ours = jacobian(G, latent, readout=readout, columns=None if d <= 1152 else sample,
-                               chunk_size=args.chunk_size, progress=False)
-        reference_rows = J_rows if d <= 1152 else J_rows[:, sample.to(device)]
-        error_rev = relative_error(J_rows_ours[check_rows.to(device)], reference_rows)
-        del J_rows_ours
-        offset = torch.zeros(d, device=device)
-
-        def restricted(v, cols=check_cols):  # f of the sampled columns only (jacfwd has no column argument)
-            return pixels_of(latent + offset.index_add(0, cols.to(device), v).reshape(latent.shape))
-        J_fwd = torch.func.jacfwd(restricted)(torch.zeros(check_cols.numel(), device=device))
-        error_fwd = relative_error(J_cols, J_fwd)
-        report["correctness"][space] = {"vs_reverse": error_rev, "vs_jacfwd": error_fwd}
-        print(f"{space}: ours vs reverse {error_rev:.2e}, vs jacfwd {error_fwd:.2e}", flush=True)
-        assert error_rev <= JACOBIAN_RTOL and error_fwd <= JACOBIAN_RTOL, report["correctness"][space]
-        del J_cols, J_rows, J_fwd
-
-        variants = [("ours", False, False)] + ([("ours + layer skip", True, False),
-                                                  ("ours + layer skip by row", True, True)] if space == "wplus" else [])
-        for name, skip, by_row in variants:
-            info = {}
-            G.accepts_ws_rows = by_row  # W+ as a tuple of rows: one row carries the tangent (StagedGenerator)
-
-            def run(skip=skip):
-                J, info["run"] = jacobian(G, latent, readout=readout, columns=sample, chunk_size=args.chunk_size,
-                                          layer_skip=skip, progress=False, return_info=True, check_fn=False)
-                return J.shape
-            seconds, peak, _ = timer(run)
-            stats = info["run"]
-            rows.append(dict(space=space, method=name, count=d, unit="tangents", seconds=seconds * scale,
-                             per_item_ms=seconds / sample.numel() * 1e3, rate=sample.numel() / seconds, peak=peak,
-                             extrapolated=extrapolated, chunk_size=stats.chunk_size, splits=stats.splits,
-                             stage_runs=stats.stage_runs, stage_runs_without_skip=stats.stage_runs_without_skip))
-        G.accepts_ws_rows = False
-
-        k = args.baseline_chunk
-        if not args.no_jacfwd:
-            n = sample.numel()
-
-            def run_jacfwd(cols=sample):  # jacfwd has no chunk_size: chunks of k columns, one jacfwd each
-                for part in cols.split(k):
-                    def restricted(v, part=part):
-                        return pixels_of(latent + offset.index_add(0, part.to(device), v).reshape(latent.shape))
-                    torch.func.jacfwd(restricted)(torch.zeros(part.numel(), device=device))
-            seconds, peak, _ = timer(run_jacfwd)
-            rows.append(dict(space=space, method=f"torch.func.jacfwd, chunk {k}", count=d, unit="tangents",
-                             seconds=seconds * scale, per_item_ms=seconds / n * 1e3, rate=n / seconds, peak=peak,
-                             extrapolated=extrapolated))
-        if not args.no_reverse:
-            pix = spread(P, args.rows).to(device)
-
-            def run_reverse():
-                return torch.func.jacrev(lambda x: pixels_of(x)[pix], chunk_size=k)(latent).shape
-            seconds, peak, _ = timer(run_reverse)
-            rows.append(dict(space=space, method=f"torch.func.jacrev, chunk {k}", count=P, unit="pixel rows",
-                             seconds=seconds * P / pix.numel(), per_item_ms=seconds / pix.numel() * 1e3,
-                             rate=pix.numel() / seconds, peak=peak, extrapolated=pix.numel() < P))
+        rows += bench_space(space, G, w, readout, pixels_of, P, timer, args, report)
 
     if args.precision_study:
         report["precision"] = precision_study(G, w, readout, args.chunk_size)
 
     for row in rows:
-        row["vs_floor"] = row["per_item_ms"] / (floor_per_image * 1e3) if row["unit"] == "tangents" else None
+        row["vs_floor"] = (row["per_item_ms"] / (floor_per_image * 1e3)
+                           if row["unit"] == "tangents" and row["per_item_ms"] is not None else None)
     print_table(rows)
     report.update(rows=rows, args=vars(args), P=P, device=describe(device), torch=torch.__version__,
                   commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -234,6 +184,75 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=str)
     return report
+
+
+def jacfwd_columns(pixels_of, latent, cols):
+    """``torch.func.jacfwd`` restricted to the latent dimensions ``cols`` (it has no column argument):
+    ``[P, len(cols)]``."""
+    where = cols.to(latent.device)
+
+    def restricted(v):
+        return pixels_of(latent + torch.zeros(latent.numel(), device=latent.device).index_add(0, where, v)
+                         .reshape(latent.shape))
+    return torch.func.jacfwd(restricted)(torch.zeros(cols.numel(), device=latent.device))
+
+
+def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
+    """The rows of one latent space ("w": d = w_dim, "wplus": d = num_ws · w_dim), after the correctness check."""
+    device = w.device
+    latent = w if space == "w" else w.expand(G.num_ws, G.w_dim).contiguous()
+    d = latent.numel()
+    sample = spread(d, args.columns or (d if space == "w" else min(d, 1152)))
+    extrapolated = sample.numel() < d
+
+    # correctness first: ours vs reverse mode on sampled pixel rows, and vs jacfwd on sampled columns
+    check_cols, check_rows = spread(d, min(d, 64)), spread(P, min(P, 64)).to(device)
+    J_cols = jacobian(G, latent, readout=readout, columns=check_cols, chunk_size=args.chunk_size,
+                      progress=False)  # [P, 64]
+    J_rows = torch.func.jacrev(lambda x: pixels_of(x)[check_rows])(latent).reshape(-1, d)  # [64, d]
+    J_ours = jacobian(G, latent, readout=readout, columns=sample, chunk_size=args.chunk_size, progress=False)
+    error_rev = relative_error(J_ours[check_rows], J_rows[:, sample.to(device)])
+    error_fwd = relative_error(J_cols, jacfwd_columns(pixels_of, latent, check_cols))
+    report["correctness"][space] = {"vs_reverse": error_rev, "vs_jacfwd": error_fwd}
+    print(f"{space}: ours vs reverse {error_rev:.2e}, vs jacfwd {error_fwd:.2e}", flush=True)
+    assert error_rev <= JACOBIAN_RTOL and error_fwd <= JACOBIAN_RTOL, report["correctness"][space]
+    del J_cols, J_rows, J_ours
+
+    rows = []
+    variants = [("ours", False, False)] + ([("ours + layer skip", True, False),
+                                              ("ours + layer skip by row", True, True)] if space == "wplus" else [])
+    for name, skip, by_row in variants:
+        info = {}
+        G.accepts_ws_rows = by_row  # W+ as a tuple of rows: one row carries the tangent (StagedGenerator)
+
+        def run(skip=skip, info=info):
+            J, info["run"] = jacobian(G, latent, readout=readout, columns=sample, chunk_size=args.chunk_size,
+                                      layer_skip=skip, progress=False, return_info=True, check_fn=False)
+            return J.shape
+        row = measure(timer, run, sample.numel(), d, space=space, method=name, unit="tangents",
+                      extrapolated=extrapolated)
+        stats = info.get("run")
+        if stats is not None:
+            row.update(chunk_size=stats.chunk_size, splits=stats.splits, stage_runs=stats.stage_runs,
+                       stage_runs_without_skip=stats.stage_runs_without_skip)
+        rows.append(row)
+    G.accepts_ws_rows = False
+
+    k = args.baseline_chunk
+    if not args.no_jacfwd:
+        def run_jacfwd():  # k columns per jacfwd call
+            for part in sample.split(k):
+                jacfwd_columns(pixels_of, latent, part)
+        rows.append(measure(timer, run_jacfwd, sample.numel(), d, space=space,
+                            method=f"torch.func.jacfwd, chunk {k}", unit="tangents", extrapolated=extrapolated))
+    if not args.no_reverse:
+        pix = spread(P, args.rows).to(device)
+
+        def run_reverse():
+            return torch.func.jacrev(lambda x: pixels_of(x)[pix], chunk_size=k)(latent).shape
+        rows.append(measure(timer, run_reverse, pix.numel(), P, space=space,
+                            method=f"torch.func.jacrev, chunk {k}", unit="pixel rows", extrapolated=pix.numel() < P))
+    return rows
 
 
 def precision_study(G, w, readout, chunk_size):
@@ -269,6 +288,9 @@ def print_table(rows):
     print("\n| space | method | d or P | total s | ms / item | items/s | vs floor | peak GiB | chunk |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if r.get("error"):
+            print(f"| {r['space']} | {r['method']} | {r['count']} {r['unit']} | {r['error']} | | | | | |")
+            continue
         peak = "-" if r["peak"] is None else f"{r['peak'] / 2 ** 30:.2f}"
         total = f"{r['seconds']:.3f}" + ("*" if r.get("extrapolated") else "")
         ratio = "-" if r.get("vs_floor") is None else f"{r['vs_floor']:.2f}x"

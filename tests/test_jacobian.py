@@ -1,5 +1,4 @@
 """The forward-mode Jacobian engine vs reverse mode, layer skip vs plain, chunking / OOM split, targets, inputs."""
-import glob
 import math
 import os
 

@@ -25,3 +25,11 @@ def test_bench_jacobian_small_runs(tmp_path, capsys):
     skip = next(r for r in report["rows"] if r["method"] == "ours + layer skip")
     assert skip["stage_runs"] < skip["stage_runs_without_skip"]
     assert "| wplus | ours + layer skip |" in capsys.readouterr().out
+
+
+def test_bench_row_survives_out_of_memory():
+    def oom():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+    row = bench_jacobian.measure(bench_jacobian.Timer("cpu"), oom, 4, 16, space="w", method="x", unit="tangents")
+    assert row["error"] == "out of memory" and row["seconds"] is None
+    bench_jacobian.print_table([row])

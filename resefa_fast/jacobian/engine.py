@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.func import jvp, vmap
@@ -21,7 +21,7 @@ from torch.func import jvp, vmap
 from ..errors import ResefaError, check
 from .readouts import output_grid
 from .staged import first_stages, is_staged, primal_states, synthesize
-from .targets import Target, make_target
+from .targets import make_target
 
 __all__ = ["jacobian", "JacobianInfo", "jvp_columns", "PRECISIONS"]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -222,7 +222,7 @@ class Grams(Target):
     def finish(self, squeeze):
         from ..gram import masked_grams
         grams, traces = zip(*(masked_grams(self.kept[n], self.row_weights, dtype=self.accumulate)
-                              for n in range(self.latents)))
+                              for n in range(self.latents)), strict=True)
         self.kept = None
         grams, traces = torch.stack(grams), torch.stack(traces)
         return (grams[0], traces[0]) if squeeze else (grams, traces)

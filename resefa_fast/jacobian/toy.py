@@ -12,7 +12,7 @@ W+ rows: block 0 reads rows 0..1, block k ≥ 1 reads rows 2k-1 .. 2k+1 (its con
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +82,7 @@ class ToyGenerator(torch.nn.Module):
         else:
             x, image = state
             rows = [2 * i - 1, 2 * i]
-        for conv, row in zip(block.convs, rows):
+        for conv, row in zip(block.convs, rows, strict=True):
             if conv.up:
                 x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             style = ws_row(ws, row) @ conv.affine_weight.T + conv.affine_bias
