@@ -109,16 +109,7 @@ def jacobian(
     """
     started = time.perf_counter()
     check(callable(fn), "fn", "a callable or a staged generator", type(fn).__name__)
-    several = isinstance(latent, (list, tuple))
-    latents = list(latent) if several else [latent]
-    check(len(latents) > 0, "latent", "a tensor or a non-empty list of tensors", latent)
-    for i, x in enumerate(latents):
-        check(isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel() > 0, "latent",
-              "a non-empty floating-point tensor (or a list of them)", type(x).__name__ if not isinstance(
-                  x, torch.Tensor) else f"{x.dtype} {tuple(x.shape)}")
-        check(x.shape == latents[0].shape and x.device == latents[0].device, "latent",
-              "codes of one shape on one device", f"{tuple(x.shape)} on {x.device} at index {i}")
-        check(bool(torch.isfinite(x).all()), "latent", "finite (no NaN/Inf)", f"code {i}")
+    latents, several = _latent_codes(latent)
     check(readout is None or callable(readout), "readout", "None or a callable image -> pixels",
           type(readout).__name__)
     check(chunk_size is None or (isinstance(chunk_size, int) and not isinstance(chunk_size, bool)
@@ -132,16 +123,7 @@ def jacobian(
     dtype = dtype or latents[0].dtype
     d = latents[0].numel()
     read = _pixels(readout)
-    if columns is None:
-        wanted = torch.arange(d)
-    else:
-        wanted = torch.as_tensor(columns).reshape(-1)
-        check(wanted.numel() > 0 and not wanted.is_floating_point() and not wanted.is_complex()
-              and bool(((wanted >= 0) & (wanted < d)).all()) and wanted.unique().numel() == wanted.numel(),
-              "columns", f"distinct ints in [0, {d})", columns if wanted.numel() < 10 else f"{wanted.numel()} values")
-        wanted = wanted.long()
-    position = torch.full((d,), -1, dtype=torch.long)
-    position[wanted] = torch.arange(wanted.numel())  # output column of each latent dimension (-1: not computed)
+    wanted, position = _column_positions(columns, d)
 
     staged = is_staged(fn)
     if staged:
@@ -161,9 +143,9 @@ def jacobian(
     with _precision(precision, device), torch.no_grad():
         grid = _check_fn(plain, latents[0]) if check_fn else output_grid(tuple(_shape_of(plain, latents[0])))
         target.begin(len(latents), grid, wanted.numel(), device, dtype)
+        chunks = _Chunker(chunk_size, device, d)
+        bar = _progress(progress, len(latents) * wanted.numel())
         try:
-            chunks = _Chunker(chunk_size, device, d)
-            bar = _progress(progress, len(latents) * wanted.numel())
             for n, x in enumerate(latents):
                 groups = _staged_groups(fn, x, read) if skip else [
                     _Group(0, torch.arange(d), plain, fn.num_stages if staged else 1)]
@@ -182,14 +164,46 @@ def jacobian(
                         info.stage_runs += cols.numel() * group.stages
                         bar.update(cols.numel())
                 info.stage_runs_without_skip += wanted.numel() * (fn.num_stages if staged else 1)
-            bar.close()
             result = target.finish(squeeze=not several)
         except BaseException:
             target.abort()
             raise
+        finally:
+            bar.close()
     info.chunk_size, info.splits, info.chunk_sizes = chunks.size, chunks.splits, chunks.history
     info.seconds = time.perf_counter() - started
     return (result, info) if return_info else result
+
+
+def _latent_codes(latent) -> Tuple[List[torch.Tensor], bool]:
+    """``([codes], several)`` from one tensor or a list/tuple of N tensors of one shape, checked."""
+    several = isinstance(latent, (list, tuple))
+    latents = list(latent) if several else [latent]
+    check(len(latents) > 0, "latent", "a tensor or a non-empty list of tensors", latent)
+    for i, x in enumerate(latents):
+        check(isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel() > 0, "latent",
+              "a non-empty floating-point tensor (or a list of them)", type(x).__name__ if not isinstance(
+                  x, torch.Tensor) else f"{x.dtype} {tuple(x.shape)}")
+        check(x.shape == latents[0].shape and x.device == latents[0].device, "latent",
+              "codes of one shape on one device", f"{tuple(x.shape)} on {x.device} at index {i}")
+        check(bool(torch.isfinite(x).all()), "latent", "finite (no NaN/Inf)", f"code {i}")
+    return latents, several
+
+
+def _column_positions(columns, d: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(wanted [m], position [d])``: the latent dimensions to compute and the output column of each latent
+    dimension (-1: not computed)."""
+    if columns is None:
+        wanted = torch.arange(d)
+    else:
+        wanted = torch.as_tensor(columns).reshape(-1)
+        check(wanted.numel() > 0 and not wanted.is_floating_point() and not wanted.is_complex()
+              and bool(((wanted >= 0) & (wanted < d)).all()) and wanted.unique().numel() == wanted.numel(),
+              "columns", f"distinct ints in [0, {d})", columns if wanted.numel() < 10 else f"{wanted.numel()} values")
+        wanted = wanted.long()
+    position = torch.full((d,), -1, dtype=torch.long)
+    position[wanted] = torch.arange(wanted.numel())
+    return wanted, position
 
 
 def jvp_columns(evaluate: Callable, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
