@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -36,7 +37,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from resefa_fast.jacobian import jacobian, readouts  # noqa: E402
+from resefa_fast.jacobian import is_staged, jacobian, readouts, synthesize  # noqa: E402
 from resefa_fast.jacobian.engine import _is_oom  # noqa: E402
 from resefa_fast.jacobian.toy import ToyGenerator  # noqa: E402
 
@@ -116,6 +117,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--small", action="store_true", help="CPU-sized: 32² generator, w_dim 16, readout 16²")
+    parser.add_argument("--generator", default="toy", help="'toy' (config-f-shaped stand-in) or module:factory")
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--w-dim", type=int, default=512)
     parser.add_argument("--readout-size", type=int, default=256)
@@ -141,10 +143,7 @@ def main(argv=None):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    G = (ToyGenerator.config_f(args.resolution, args.w_dim) if not args.small
-         else ToyGenerator(args.resolution, args.w_dim, channels=lambda r: min(256 // r * 4, 64))).to(device).eval()
-    for p in G.parameters():
-        p.requires_grad_(False)
+    G = make_generator(args, device)
     readout = readouts.original(args.readout_size)
     w = torch.randn(args.w_dim, generator=torch.Generator().manual_seed(0)).to(device)
     timer = Timer(device, warmup=1, repeats=args.repeats)
@@ -152,13 +151,13 @@ def main(argv=None):
 
     def pixels_of(x):  # latent (w or W+) -> analysed pixels [P], the function every row differentiates
         ws = x.expand(G.num_ws, G.w_dim) if x.dim() == 1 else x
-        return readout(G(ws[None]))[0].reshape(-1)
+        return readout(synthesize(G, ws[None]))[0].reshape(-1)
 
     # the floor: a plain batched forward pass
     batch = args.baseline_chunk
     ws_batch = w.expand(batch, G.num_ws, G.w_dim).contiguous()
     with torch.no_grad():
-        seconds, peak, image = timer(lambda: readout(G(ws_batch)))
+        seconds, peak, image = timer(lambda: readout(synthesize(G, ws_batch)))
     P = image[0].numel()
     floor_per_image = seconds / batch
     rows.append(dict(space="-", method=f"forward (floor), batch {batch}", count=batch, unit="images",
@@ -178,12 +177,31 @@ def main(argv=None):
     print_table(rows)
     report.update(rows=rows, args=vars(args), P=P, device=describe(device), torch=torch.__version__,
                   commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                  generator=f"ToyGenerator {'small' if args.small else 'config-f'} {args.resolution}² "
-                            f"w_dim {args.w_dim}, readout {readout.name}")
+                  generator=f"{args.generator if args.generator != 'toy' else 'ToyGenerator'} "
+                            f"{'small' if args.small else 'config-f'} {args.resolution}² w_dim {args.w_dim}, "
+                            f"readout {readout.name}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=str)
     return report
+
+
+def make_generator(args, device):
+    """The generator timed: the config-f-shaped ``ToyGenerator`` (``--small``: a 32² one), or ``--generator
+    module:factory`` called as ``factory(resolution=..., w_dim=...)``, which must return a
+    :class:`~resefa_fast.jacobian.StagedGenerator` (e.g. a StyleGAN2 of ``resefa_fast.models`` with random
+    weights)."""
+    if args.generator != "toy":
+        module, _, name = args.generator.partition(":")
+        G = getattr(importlib.import_module(module), name)(resolution=args.resolution, w_dim=args.w_dim)
+        assert is_staged(G), f"{args.generator} must return a StagedGenerator"
+    elif args.small:
+        G = ToyGenerator(args.resolution, args.w_dim, channels=lambda r: min(256 // r * 4, 64))
+    else:
+        G = ToyGenerator.config_f(args.resolution, args.w_dim)
+    if isinstance(G, torch.nn.Module):
+        G = G.to(device).eval().requires_grad_(False)
+    return G
 
 
 def jacfwd_columns(pixels_of, latent, cols):
@@ -219,11 +237,13 @@ def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
     del J_cols, J_rows, J_ours
 
     rows = []
-    variants = [("ours", False, False)] + ([("ours + layer skip", True, False),
-                                              ("ours + layer skip by row", True, True)] if space == "wplus" else [])
-    for name, skip, by_row in variants:
+    by_row = hasattr(G, "accepts_ws_rows")  # a generator that can take W+ as a tuple of rows
+    variants = [("ours", False, False)] + ([("ours + layer skip", True, False)] if space == "wplus" else []) + (
+        [("ours + layer skip by row", True, True)] if space == "wplus" and by_row else [])
+    for name, skip, rows_on in variants:
         info = {}
-        G.accepts_ws_rows = by_row  # W+ as a tuple of rows: one row carries the tangent (StagedGenerator)
+        if by_row:
+            G.accepts_ws_rows = rows_on  # W+ as a tuple of rows: one row carries the tangent (StagedGenerator)
 
         def run(skip=skip, info=info):
             J, info["run"] = jacobian(G, latent, readout=readout, columns=sample, chunk_size=args.chunk_size,
@@ -236,7 +256,8 @@ def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
             row.update(chunk_size=stats.chunk_size, splits=stats.splits, stage_runs=stats.stage_runs,
                        stage_runs_without_skip=stats.stage_runs_without_skip)
         rows.append(row)
-    G.accepts_ws_rows = False
+    if by_row:
+        G.accepts_ws_rows = False
 
     k = args.baseline_chunk
     if not args.no_jacfwd:
