@@ -142,10 +142,10 @@ def jacobian(
     info = JacobianInfo(layer_skip=skip)
     with _precision(precision, device), torch.no_grad():
         grid = _check_fn(plain, latents[0]) if check_fn else output_grid(tuple(_shape_of(plain, latents[0])))
-        target.begin(len(latents), grid, wanted.numel(), device, dtype)
         chunks = _Chunker(chunk_size, device, d)
         bar = _progress(progress, len(latents) * wanted.numel())
         try:
+            target.begin(len(latents), grid, wanted.numel(), device, dtype)
             for n, x in enumerate(latents):
                 groups = _staged_groups(fn, x, read) if skip else [
                     _Group(0, torch.arange(d), plain, fn.num_stages if staged else 1)]
