@@ -5,6 +5,8 @@
     >>> bulk = rf.Factorizer(jacobian).factorize_many(boxes)  # thousands of regions: [R, 16, d]
 
 Importing this package never compiles anything; the CUDA extension is loaded lazily (see :func:`backend_info`).
+``resefa_fast.jacobian`` is the Jacobian function; its modules stay importable with ``from resefa_fast.jacobian import
+readouts`` (``import resefa_fast.jacobian.engine as m`` does not work: the attribute is the function).
 """
 __version__ = "0.1.0"
 
@@ -12,11 +14,13 @@ from . import reference, regions  # noqa: E402
 from .api import Directions, Factorizer, factorize
 from .backends import backend_info
 from .errors import ResefaError
+from .jacobian import Grams, JacobianInfo, Memmap, StagedGenerator, jacobian, readouts
 from .mining import mine
 from .store import load_results
 from .regions import PRESETS, Box, box_mask, masks_from_labels, preset
 
 __all__ = [
-    "Box", "Directions", "Factorizer", "PRESETS", "ResefaError", "backend_info", "box_mask", "factorize",
-    "load_results", "masks_from_labels", "mine", "preset", "reference", "regions", "__version__",
+    "Box", "Directions", "Factorizer", "Grams", "JacobianInfo", "Memmap", "PRESETS", "ResefaError", "StagedGenerator",
+    "backend_info", "box_mask", "factorize", "jacobian", "load_results", "masks_from_labels", "mine", "preset",
+    "readouts", "reference", "regions", "__version__",
 ]
