@@ -77,3 +77,15 @@ def test_torchrun_example_runs_with_two_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     results = resefa_fast.load_results(str(tmp_path / "store"))
     assert results.latents == [0, 1, 2] and results.names == ["eyes", "nose"]
+
+
+def test_jacobian_example_runs():
+    """The README's Jacobian line, with a small generator of the engine's stage protocol as G."""
+    from resefa_fast.jacobian.toy import ToyGenerator
+
+    block = re.findall(r"```python\n(.*?)```", README, re.S)[1]
+    assert "rf.jacobian(" in block
+    G = ToyGenerator(resolution=16, w_dim=8)
+    namespace = {"rf": resefa_fast, "G": G, "ws": torch.randn(G.num_ws, 8, generator=torch.Generator().manual_seed(0))}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["J"].shape == (3 * 256 * 256, G.num_ws * 8)
