@@ -227,7 +227,9 @@ def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
     check_cols, check_rows = spread(d, min(d, 64)), spread(P, min(P, 64)).to(device)
     J_cols = jacobian(G, latent, readout=readout, columns=check_cols, chunk_size=args.chunk_size,
                       progress=False)  # [P, 64]
-    J_rows = torch.func.jacrev(lambda x: pixels_of(x)[check_rows])(latent).reshape(-1, d)  # [64, d]
+    # reverse mode in chunks of 4 rows: 64 batched VJPs through a 1024² generator exceed 2^31 elements per
+    # activation, which CUDA kernels reject ("invalid argument", seen on an H100)
+    J_rows = torch.func.jacrev(lambda x: pixels_of(x)[check_rows], chunk_size=4)(latent).reshape(-1, d)  # [64, d]
     J_ours = jacobian(G, latent, readout=readout, columns=sample, chunk_size=args.chunk_size, progress=False)
     error_rev = relative_error(J_ours[check_rows], J_rows[:, sample.to(device)])
     error_fwd = relative_error(J_cols, jacfwd_columns(pixels_of, latent, check_cols))

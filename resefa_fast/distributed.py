@@ -37,9 +37,11 @@ def rank_and_world() -> Tuple[int, int]:
 
 
 def local_device() -> torch.device:
-    """This rank's device: ``cuda:LOCAL_RANK`` when GPUs are there, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    """This rank's device: ``cuda:LOCAL_RANK`` when there is a GPU for every local rank, else the CPU (NCCL cannot
+    put two ranks on one GPU)."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if torch.cuda.is_available() and torch.cuda.device_count() >= local_world:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 
 
@@ -129,11 +131,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check(args.command == "mine", "command", "'mine' (the sharded subcommand)", args.command)
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    device = local_device()
     if "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank, world = rank_and_world()
-    args.device = args.device or str(local_device())
+    args.device = args.device or str(device)
     try:
         code = cmd_mine(args, shard=(rank, world))
         if world > 1:
