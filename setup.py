@@ -22,6 +22,33 @@ def _say(message):
     print(f"resefa_fast setup: {message}", file=sys.stderr)
 
 
+def _find_toolkit():
+    """Set CUDA_HOME from the real path of ``nvcc`` when it is unset (torch's own guess can be a wrong prefix such
+    as /usr/local when nvcc is reached through a symlink); /usr/local/cuda last."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    import shutil
+
+    # A toolkit has bin/nvcc beside include/; a wrapper script on the PATH (e.g. /usr/local/bin/nvcc) does not.
+    for nvcc in ("/usr/local/cuda/bin/nvcc", shutil.which("nvcc") or ""):
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else ""
+        if os.path.exists(nvcc) and os.path.isdir(os.path.join(home, "include")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+def _link_args(library_dirs, names):
+    """``-l`` flags for cuBLAS / cuSOLVER: the nvidia-* wheels ship only versioned files (libcublas.so.13), so
+    link those by file name (``-l:libcublas.so.13``) when no unversioned library is found; ``-lname`` otherwise."""
+    args = []
+    for name in names:
+        versioned = sorted(glob.glob(os.path.join(d, f"lib{name}.so.*")) for d in library_dirs)
+        versioned = [f for found in versioned for f in found if f.rsplit(".so.", 1)[1].isdigit()]
+        plain = any(os.path.exists(os.path.join(d, f"lib{name}.so")) for d in library_dirs)
+        args.append(f"-l{name}" if plain or not versioned else f"-l:{os.path.basename(versioned[0])}")
+    return args
+
+
 def cuda_extension():
     """Return ``(ext_modules, cmdclass)`` for resefa_fast._C, or empty ones with a one-line reason."""
     if os.environ.get("RESEFA_BUILD_NO_CUDA", "0") == "1":
@@ -31,6 +58,7 @@ def cuda_extension():
     binding = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     if not core and not binding:
         return [], {}
+    _find_toolkit()
     try:
         import torch  # noqa: F401
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
@@ -63,8 +91,8 @@ def cuda_extension():
         include_dirs=include_dirs,
         library_dirs=library_dirs,
         runtime_library_dirs=library_dirs,
-        libraries=["cublas", "cusolver"],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+        extra_link_args=_link_args(library_dirs, ("cublas", "cusolver")),
+        extra_compile_args={"cxx": ["-O3", "-std=c++20"], "nvcc": ["-O3", "-std=c++17", "-lineinfo"]},
     )
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
