@@ -38,8 +38,8 @@ def _check_tensor(t, argument: str, dims: int, dtypes=(torch.float32,), cuda: bo
     check(isinstance(t, torch.Tensor), argument, "a torch.Tensor", type(t).__name__)
     check(t.dim() == dims, argument, f"a {dims}-D tensor", f"shape {tuple(t.shape)}")
     check(t.dtype in dtypes, argument, f"of dtype {' or '.join(map(str, dtypes))}", t.dtype)
-    check(not cuda or t.is_cuda, argument, "a CUDA tensor", t.device)
     check(t.numel() > 0, argument, "non-empty", f"shape {tuple(t.shape)}")
+    check(not cuda or t.is_cuda, argument, "a CUDA tensor", t.device)
 
 
 def masked_grams(jacobian: torch.Tensor, weights: torch.Tensor, out: Optional[torch.Tensor] = None,
@@ -52,12 +52,12 @@ def masked_grams(jacobian: torch.Tensor, weights: torch.Tensor, out: Optional[to
     "tf32" or "bf16" (tensor-core operands, float32 accumulation). Weighted copies of J for a block of masks are
     formed in a workspace of at most ``workspace_bytes`` (torch's caching allocator), then cuBLAS strided-batched
     GEMM; J is read once per pixel block for all masks of the block."""
+    check(precision in PRECISIONS, "precision", f"one of {tuple(PRECISIONS)}", repr(precision))
     _check_tensor(jacobian, "jacobian", 2)
     _check_tensor(weights, "weights", 2)
     check(weights.shape[1] == jacobian.shape[0], "weights", f"[R, P] with P = {jacobian.shape[0]} (jacobian rows)",
           tuple(weights.shape))
     check(weights.device == jacobian.device, "weights", f"on {jacobian.device}", weights.device)
-    check(precision in PRECISIONS, "precision", f"one of {tuple(PRECISIONS)}", repr(precision))
     R, d = weights.shape[0], jacobian.shape[1]
     if accumulate:
         check(out is not None, "out", "a [R, d, d] tensor when accumulate=True", None)
@@ -123,8 +123,9 @@ def gather_scaled_rows(jv: torch.Tensor, scale: torch.Tensor, boxes: Optional[to
 
 
 def _check_square(a, argument: str, batched: bool = False) -> None:
-    _check_tensor(a, argument, 3 if batched else 2, dtypes=(torch.float32, torch.float64))
+    _check_tensor(a, argument, 3 if batched else 2, dtypes=(torch.float32, torch.float64), cuda=False)
     check(a.shape[-1] == a.shape[-2], argument, "square", tuple(a.shape))
+    check(a.is_cuda, argument, "a CUDA tensor", a.device)
 
 
 def syevdx_topk(a: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
