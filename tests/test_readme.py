@@ -11,6 +11,8 @@ import resefa_fast
 from resefa_fast.testing import random_jacobian
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# subprocesses find the package from any folder, installed or not
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
 README = open(os.path.join(ROOT, "README.md")).read()
 
 
@@ -55,7 +57,7 @@ def test_cli_examples_run_as_written(tmp_path):
     prefix = [entry] if entry else [sys.executable, "-m", "resefa_fast.cli"]
     for command in commands:
         done = subprocess.run(prefix + shlex.split(command)[1:] + ["--device", "cpu"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=600, env=ENV)
         assert done.returncode == 0, done.stderr
     assert np.load(tmp_path / "eyes.npz")["directions"].shape == (2, 16, 16)
     assert resefa_fast.load_results(str(tmp_path / "store")).latents == [0, 1]
@@ -73,7 +75,7 @@ def test_torchrun_example_runs_with_two_processes(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
                "--rdzv_endpoint=127.0.0.1:0"] + words[2:] + ["--k", "4", "--quiet"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+                          env=dict(ENV, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))
     assert done.returncode == 0, done.stderr[-2000:]
     results = resefa_fast.load_results(str(tmp_path / "store"))
     assert results.latents == [0, 1, 2] and results.names == ["eyes", "nose"]
