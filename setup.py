@@ -54,8 +54,11 @@ def cuda_extension():
     if os.environ.get("RESEFA_BUILD_NO_CUDA", "0") == "1":
         _say("RESEFA_BUILD_NO_CUDA=1: installing the pure-Python package only")
         return [], {}
-    core = sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
-    binding = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
+    # csrc/driver/ is the CMake-only C++ driver (it has a main()); everything else under csrc/ is the extension.
+    driver = os.path.join("csrc", "driver", "")
+    core = sorted(f for f in glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True) if not f.startswith(driver))
+    binding = sorted(f for f in glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True)
+                     if not f.startswith(driver))
     if not core and not binding:
         return [], {}
     _find_toolkit()

@@ -132,11 +132,11 @@ Status masked_grams(const MaskedGramParams& p, void* workspace, size_t workspace
   cublasMath_t saved_mode;
   RESEFA_CUBLAS(cublasGetMathMode(blas, &saved_mode));
   RESEFA_CUBLAS(cublasSetStream(blas, stream));
-  // fp32 must not silently become TF32 through the handle's math mode (torch sets it from allow_tf32).
-  RESEFA_CUBLAS(cublasSetMathMode(blas, p.precision == Precision::kFp32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH));
+  // fp32 must not silently become TF32 through the handle's math mode (torch sets it from allow_tf32): default
+  // math, and the compute type alone says whether tensor cores may round the operands.
+  RESEFA_CUBLAS(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
   const cudaDataType io = p.precision == Precision::kBf16 ? CUDA_R_16BF : CUDA_R_32F;
   const cublasComputeType_t compute = p.precision == Precision::kTf32   ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                      : p.precision == Precision::kFp32 ? CUBLAS_COMPUTE_32F_PEDANTIC
                                                                         : CUBLAS_COMPUTE_32F;
   const float one = 1.f, zero = 0.f;
   Status status;

@@ -1,0 +1,240 @@
+"""Time the CUDA extension's ops (resefa_fast.cuda_ops) beside plain torch and naive torch.linalg.eigh.
+
+Rows (float32 unless said), each checked against a reference before it is timed:
+- masked Grams G_r = Jᵀ diag(w_r) J for R soft masks, P = 65,536: ours (fp32 / tf32 / bf16) vs torch
+  ``(J·w_r)ᵀ @ J`` per mask in the same precision; GFLOP/s counted as R · 2·P·d² (the full GEMM, as torch does);
+- the bulk gather K̃_r for 1,000 boxes on 256² (k columns of JV) vs a torch loop of index_select;
+- top-k eigenpairs (syevdx) and generalised top-k (sygvdx) vs torch.linalg.eigh (and Cholesky + eigh);
+- batched eigh (Xsyev batched) vs torch.linalg.eigh on the same batch;
+- truncated SVD (gesvdr) vs torch.svd_lowrank vs torch.linalg.svd of a bulk-sized K̃.
+
+CUDA events after warm-up, median of --repeats. Prints a Markdown table last, writes JSON with --json.
+
+    python benchmarks/bench_cuda_ops.py --json $OUT/bench_cuda_ops.json
+    python benchmarks/bench_cuda_ops.py --quick        # smaller sizes (seconds)
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from resefa_fast import cuda_ops  # noqa: E402
+from resefa_fast._ext import extension_status  # noqa: E402
+
+
+def cuda_time(fn, repeats, warmup=2):
+    """Median milliseconds of ``fn()`` by CUDA events after ``warmup`` calls; returns ``(ms, last result)``."""
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), result
+
+
+def rel(x, ref):
+    return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def torch_grams(J, w, precision):
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    if precision == "bf16":
+        Jb = J.bfloat16()
+        return torch.stack([((J * m[:, None]).bfloat16().T @ Jb).float() for m in w])
+    return torch.stack([(J * m[:, None]).T @ J for m in w])
+
+
+def bench_grams(rows, P, d, R, repeats):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    J = torch.randn(P, d, device="cuda", generator=g)
+    w = torch.rand(R, P, device="cuda", generator=g)
+    sub = slice(0, 4096)  # correctness on a pixel subset against float64
+    ref = torch.einsum("pi,rp,pj->rij", J[sub].double(), w[:, sub].double(), J[sub].double())
+    flops = R * 2.0 * P * d * d
+    for precision in ("fp32", "tf32", "bf16"):
+        err = rel(cuda_ops.masked_grams(J[sub].contiguous(), w[:, sub].contiguous(), precision=precision)[0], ref)
+        err_torch = rel(torch_grams(J[sub], w[:, sub], precision), ref)
+        ms, _ = cuda_time(lambda: cuda_ops.masked_grams(J, w, precision=precision), repeats)
+        ms_t, _ = cuda_time(lambda: torch_grams(J, w, precision), repeats)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        size = f"P={P} d={d} R={R}"
+        rows.append(dict(op="masked_grams", impl="ours", precision=precision, size=size, ms=ms,
+                         gflops=flops / ms / 1e6, rel_err=err, vs_torch=ms_t / ms))
+        rows.append(dict(op="masked_grams", impl="torch matmul", precision=precision, size=size, ms=ms_t,
+                         gflops=flops / ms_t / 1e6, rel_err=err_torch, vs_torch=1.0))
+        torch.cuda.empty_cache()
+
+
+def random_boxes(count, grid, generator):
+    h = torch.randint(10, 51, (count,), generator=generator)
+    w = torch.randint(20, 121, (count,), generator=generator)
+    cx = (torch.rand(count, generator=generator) * (grid - h) + h // 2).long()
+    cy = (torch.rand(count, generator=generator) * (grid - w) + w // 2).long()
+    return torch.stack([cx, cy, h, w], 1).int()
+
+
+def bench_gather(rows, R, k, repeats, grid=256):
+    g = torch.Generator().manual_seed(1)
+    jv = torch.randn(grid * grid, k, device="cuda")
+    scale = torch.rand(R, k, device="cuda")
+    boxes = random_boxes(R, grid, g)
+    masks = torch.zeros(R, grid, grid)
+    for r, (cx, cy, h, w) in enumerate(boxes.tolist()):
+        masks[r, cx - h // 2: cx - h // 2 + h, cy - w // 2: cy - w // 2 + w] = 1
+    masks = masks.cuda()
+    flat = masks.reshape(R, -1)
+
+    def torch_loop():
+        out = []
+        for r in range(R):
+            idx = torch.nonzero(flat[r]).flatten()
+            out.append(jv.index_select(0, idx) * scale[r])
+        return out
+
+    ref = torch_loop()
+    out, counts = cuda_ops.gather_scaled_rows(jv, scale, boxes=boxes.cuda(), grid=(grid, grid))
+    ok = all(torch.equal(out[r, : ref[r].shape[0]], ref[r]) for r in range(R))
+    size = f"R={R} boxes k={k} grid={grid}"
+    nbytes = 2 * 4.0 * counts.sum().item() * k  # read + write each gathered element
+    for name, fn in (("ours (boxes)", lambda: cuda_ops.gather_scaled_rows(jv, scale, boxes=boxes.cuda(),
+                                                                          grid=(grid, grid))),
+                     ("ours (masks)", lambda: cuda_ops.gather_scaled_rows(jv, scale, masks=masks, grid=(grid, grid))),
+                     ("torch loop", torch_loop)):
+        ms, _ = cuda_time(fn, repeats)
+        rows.append(dict(op="gather_scaled_rows", impl=name, precision="fp32", size=size, ms=ms,
+                         gbps=nbytes / ms / 1e6, exact=ok))
+
+
+def spd(n, dtype):
+    x = torch.randn(n, n, device="cuda", dtype=torch.float64)
+    return ((x @ x.T) / n + torch.eye(n, device="cuda", dtype=torch.float64)).to(dtype)
+
+
+def bench_eigen(rows, n, k, repeats, dtype=torch.float32):
+    a = spd(n, dtype)
+    b = spd(n, dtype)
+    ref = torch.linalg.eigvalsh(a.double()).flip(0)[:k]
+    size = f"n={n} k={k} {str(dtype)[6:]}"
+    ms, (values, _) = cuda_time(lambda: cuda_ops.syevdx_topk(a, k), repeats, warmup=1)
+    rows.append(dict(op="top-k eigh", impl="ours syevdx", precision=str(dtype)[6:], size=size, ms=ms,
+                     rel_err=((values.double() - ref).abs() / ref).max().item()))
+    ms, (values_t, _) = cuda_time(lambda: torch.linalg.eigh(a), repeats, warmup=1)
+    rows.append(dict(op="top-k eigh", impl="torch.linalg.eigh (full)", precision=str(dtype)[6:], size=size, ms=ms,
+                     rel_err=((values_t.flip(0)[:k].double() - ref).abs() / ref).max().item()))
+
+    L = torch.linalg.cholesky(b.double())
+    Cm = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, a.double(), upper=False).T, upper=False)
+    gref = torch.linalg.eigvalsh(Cm).flip(0)[:k]
+
+    def torch_general():
+        Lf = torch.linalg.cholesky(b)
+        C = torch.linalg.solve_triangular(Lf, torch.linalg.solve_triangular(Lf, a, upper=False).T, upper=False)
+        return torch.linalg.eigh(C)
+
+    ms, (gvalues, _) = cuda_time(lambda: cuda_ops.sygvdx_topk(a, b, k), repeats, warmup=1)
+    rows.append(dict(op="generalised top-k", impl="ours sygvdx", precision=str(dtype)[6:], size=size, ms=ms,
+                     rel_err=((gvalues.double() - gref).abs() / gref).max().item()))
+    ms, (tvalues, _) = cuda_time(torch_general, repeats, warmup=1)
+    rows.append(dict(op="generalised top-k", impl="torch cholesky+eigh", precision=str(dtype)[6:], size=size,
+                     ms=ms, rel_err=((tvalues.flip(0)[:k].double() - gref).abs() / gref).max().item()))
+
+
+def bench_batched(rows, batch, n, repeats, dtype=torch.float32):
+    x = torch.randn(batch, n, n, device="cuda", dtype=dtype)
+    a = x + x.mT
+    ref = torch.linalg.eigvalsh(a.double())
+    size = f"{batch}x{n}^2 {str(dtype)[6:]}"
+    for name, fn in (("ours Xsyev batched", lambda: cuda_ops.syevj_batched(a)),
+                     ("torch.linalg.eigh batched", lambda: torch.linalg.eigh(a))):
+        ms, (values, _) = cuda_time(fn, repeats, warmup=1)
+        err = ((values.double() - ref).abs().amax(1) / ref.abs().amax(1)).max().item()
+        rows.append(dict(op="batched eigh", impl=name, precision=str(dtype)[6:], size=size, ms=ms, rel_err=err))
+
+
+def bench_svd(rows, m, n, k, repeats):
+    g = torch.Generator(device="cuda").manual_seed(2)
+    U, _ = torch.linalg.qr(torch.randn(m, n, device="cuda", generator=g))
+    V, _ = torch.linalg.qr(torch.randn(n, n, device="cuda", generator=g))
+    s_true = torch.logspace(2, -2, n, device="cuda")  # a bulk-operand-like decaying spectrum
+    a = (U * s_true) @ V.T
+    ref = torch.linalg.svdvals(a.double())[:k]
+    size = f"{m}x{n} k={k}"
+    for name, fn in (("ours gesvdr (p=16, it=2)", lambda: cuda_ops.truncated_svd(a, k, 16, 2)[0]),
+                     ("torch.svd_lowrank (q=k+16, it=2)", lambda: torch.svd_lowrank(a, q=k + 16, niter=2)[1][:k]),
+                     ("torch.linalg.svdvals via eigh(KᵀK)", lambda: torch.linalg.eigvalsh(a.T @ a).flip(0)[:k].sqrt()),
+                     ("torch.linalg.svd (full)", lambda: torch.linalg.svd(a, full_matrices=False)[1][:k])):
+        ms, s = cuda_time(fn, repeats, warmup=1)
+        rows.append(dict(op="truncated SVD", impl=name, precision="fp32", size=size, ms=ms,
+                         rel_err=((s.double() - ref).abs() / ref).max().item()))
+
+
+def markdown(rows, meta):
+    lines = [f"device {meta['device']}, torch {meta['torch']} (CUDA {meta['cuda']}), commit {meta['commit']}, "
+             f"{meta['date']}", "",
+             "| op | impl | prec | size | ms | GFLOP/s or GB/s | rel err | torch/ours |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rate = f"{r['gflops']:.0f} GF/s" if "gflops" in r else (f"{r['gbps']:.0f} GB/s" if "gbps" in r else "")
+        err = f"{r['rel_err']:.1e}" if "rel_err" in r else ("exact" if r.get("exact") else "MISMATCH")
+        speed = f"{r['vs_torch']:.2f}" if "vs_torch" in r else ""
+        lines.append(f"| {r['op']} | {r['impl']} | {r['precision']} | {r['size']} | {r['ms']:.3f} | {rate} | {err} "
+                     f"| {speed} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    status = extension_status()
+    if not status["available"]:
+        print(f"CUDA extension unavailable: {status['reason']}; nothing to time")
+        sys.exit(0 if not torch.cuda.is_available() else 1)
+    commit = os.environ.get("GIT_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "extension": status, "commit": commit,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    rows = []
+    sections = [lambda: bench_grams(rows, 65536, 512, 8, args.repeats),
+                lambda: bench_grams(rows, 65536, 512, 1, args.repeats),
+                lambda: bench_gather(rows, 1000, 512 if not args.quick else 64, args.repeats),
+                lambda: bench_eigen(rows, 512, 16, args.repeats),
+                lambda: bench_batched(rows, 1000, 32, args.repeats),
+                lambda: bench_batched(rows, 100, 512, max(1, args.repeats // 2)),
+                lambda: bench_svd(rows, 3600, 512, 16, args.repeats)]
+    if not args.quick:
+        sections += [lambda: bench_grams(rows, 65536, 9216, 1, 3),
+                     lambda: bench_eigen(rows, 9216, 16, 2)]
+    for section in sections:
+        try:
+            section()
+        except Exception as error:  # keep the other rows; record the failure
+            rows.append(dict(op="ERROR", impl=type(error).__name__, precision="", size=str(error)[:200], ms=0.0))
+        print(markdown(rows[-1:], meta).splitlines()[-1], flush=True)
+    table = markdown(rows, meta)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Small calls of every CUDA-extension kernel, for compute-sanitizer (memcheck / racecheck) on the GPU machine:
+
+    compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cuda_ops.py
+
+Sizes are odd and tiny so the instrumented run stays short; prints "sanitize ok" at the end.
+"""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from resefa_fast import cuda_ops  # noqa: E402
+
+J = torch.randn(301, 19, device="cuda")
+w = torch.rand(3, 301, device="cuda")
+for precision in ("fp32", "tf32", "bf16"):
+    out, _ = cuda_ops.masked_grams(J, w, precision=precision)
+    cuda_ops.masked_grams(J, w, out=out, accumulate=True, precision=precision, workspace_bytes=4096)
+cuda_ops.row_energies(J)
+jv, scale = torch.randn(2 * 13 * 11, 7, device="cuda"), torch.rand(4, 7, device="cuda")
+cuda_ops.gather_scaled_rows(jv, scale, boxes=torch.tensor([[6, 5, 3, 4], [0, 0, 5, 5], [12, 10, 9, 9], [6, 5, 0, 2]]),
+                            grid=(13, 11))
+masks = torch.rand(4, 13, 11)
+masks[masks < 0.5] = 0
+cuda_ops.gather_scaled_rows(jv, scale, masks=masks, grid=(13, 11))
+a = torch.randn(40, 40, device="cuda", dtype=torch.float64)
+a = a @ a.T + torch.eye(40, device="cuda", dtype=torch.float64)
+cuda_ops.syevdx_topk(a, 3)
+cuda_ops.sygvdx_topk(a, a + torch.eye(40, device="cuda", dtype=torch.float64), 3)
+cuda_ops.syevj_batched(a.float().expand(5, 40, 40).contiguous())
+cuda_ops.truncated_svd(torch.randn(200, 40, device="cuda"), 4, 8, 1)
+torch.cuda.synchronize()
+print("sanitize ok")
