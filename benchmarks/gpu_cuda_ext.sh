@@ -33,7 +33,7 @@ if cmake -S . -B build/cmake -DRESEFA_CUDA_LIBRARY_DIRS="$LIBS" -DRESEFA_CUDA_IN
   done
 else say cmake FAILED; tail -20 "$OUT/cmake.log"; fi
 for tool in memcheck racecheck; do
-  timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/sanitize_cuda_ops.py \
+  timeout 100 compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/sanitize_cuda_ops.py \
     > "$OUT/sanitize_py_$tool.log" 2>&1
   say "python $tool" "rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|sanitize ok' "$OUT/sanitize_py_$tool.log" | tr '\n' ' ')"
 done
