@@ -300,7 +300,11 @@ def test_syevj_batched(batch, n, dtype):
 
 
 @needs_gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [
+    pytest.param(torch.float32, marks=pytest.mark.xfail(strict=True, reason=(
+        "known bad, measured on an H100 2026-11-25: cuSOLVER Xgesvdr in float32 gives singular values with relative "
+        "error 5e-4 on this gapped problem, 25x the float32 torch.linalg.svdvals error (1.9e-5); float64 passes"))),
+    torch.float64])
 def test_truncated_svd(dtype):
     g = torch.Generator().manual_seed(11)
     m, n, k = 3000, 96, 8
