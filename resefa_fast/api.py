@@ -147,7 +147,7 @@ def factorize(
             solutions.append(reference.solve(J, solve_regions, k, tau, normalize))
         elif chosen == "bulk":
             basis = precompute(J, dtype=compute_dtype)
-            solutions.append(solve_bulk(basis, solve_regions, k, tau, normalize, tol=tol))
+            solutions.append(solve_bulk(basis, solve_regions, k, tau, normalize, tol=tol, backend=ran))
         else:
             solutions.append(solve_general(J, solve_regions, k, tau, normalize, method=chosen, tol=tol,
                                            dtype=compute_dtype))
@@ -198,7 +198,8 @@ class Factorizer:
         solutions = []
         for J, basis in zip(self._values, self.bases):
             if parsed.background is None:
-                solutions.append(solve_bulk(basis, parsed, k, tau, self.normalize, tol=self.tol, progress=progress))
+                solutions.append(solve_bulk(basis, parsed, k, tau, self.normalize, tol=self.tol, progress=progress,
+                                            backend=self.backend))
             else:
                 solutions.append(solve_general(J, parsed, k, tau, self.normalize, tol=self.tol, dtype=self.dtype))
         info = {"backend": self.backend, "backend_reason": self.backend_reason, "tau": tau,

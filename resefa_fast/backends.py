@@ -3,7 +3,9 @@
 - ``"reference"``: the float64 oracle (:mod:`resefa_fast.reference`), any device. Slow on purpose.
 - ``"torch"``: the fast algorithms of :mod:`resefa_fast.solve` in torch ops, any device.
 - ``"cuda"``: the same algorithms with the extension ``resefa_fast._C`` (custom kernels, cuSOLVER) where it has
-  an op; raises if the extension is not built or the data is not on a GPU.
+  an op that wins (measured: the bulk path's many small dense eigenproblems go to cuSOLVER's batched Xsyev; the
+  rest is torch ops, as each result's ``info["ops"]`` says); raises if the extension is not built or the data is
+  not on a GPU.
 - ``"auto"``: ``"cuda"`` when the extension is loaded and the Jacobian is on a GPU, else ``"torch"``; the reason is
   recorded in the result's ``info["backend_reason"]`` and by :func:`backend_info`. It never picks the reference.
 """

@@ -223,3 +223,17 @@ def test_local_directions_with_large_eigenvalues(device, method, solver, dtype, 
     assert_matches_reference(out.eigenvalues[0], out.directions[0], ref.eigenvalues[:6], ref.directions[:6], dtype,
                              ref.eigenvalues[6], naive=naive)
     assert float(out.residuals.max()) <= 100 * default_tolerance(dtype)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and rf.backend_info()["extension"]["available"]),
+                    reason="needs a GPU and the CUDA extension")
+def test_cuda_backend_bulk_matches_reference(make_jacobian):
+    """backend="cuda": the bulk path's small dense eigenproblems through the extension's batched Xsyev."""
+    J = make_jacobian((32, 32), 96, seed=17, device="cuda")
+    boxes = np.array([[10, 10, 8, 9], [20, 14, 6, 12], [16, 24, 12, 6]])
+    out = rf.Factorizer(J, backend="cuda").factorize_many(boxes, k=4)
+    assert out.info["backend"] == "cuda" and "Xsyev" in out.info["ops"]
+    ref = rf.factorize(J, boxes, k=5, backend="reference")
+    for r in range(3):
+        assert_matches_reference(out.eigenvalues[r], out.directions[r], ref.eigenvalues[r, :4], ref.directions[r, :4],
+                                 torch.float64, ref.eigenvalues[r, 4])

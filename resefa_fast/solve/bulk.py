@@ -106,27 +106,37 @@ def _background_products(basis: BulkBasis, weights: torch.Tensor, z: torch.Tenso
     return (basis.JV.transpose(0, 1) @ JZ).transpose(0, 1).reshape(R, k, r)
 
 
-def _top_eigenpairs(W: torch.Tensor, k: int, solver: str, tol: Optional[float]):
+def _dense_eigh(W: torch.Tensor, backend: str):
+    """All eigenpairs of ``W`` ``[R, m, m]`` (ascending): cuSOLVER's batched Xsyev through the extension for the
+    "cuda" backend (32x torch's batched eigh at 100 x 512², which loops over the batch above 32 rows), else torch."""
+    if backend == "cuda":
+        from ..cuda_ops import syevj_batched
+
+        return syevj_batched(W)
+    return torch.linalg.eigh(W)
+
+
+def _top_eigenpairs(W: torch.Tensor, k: int, solver: str, tol: Optional[float], backend: str = "torch"):
     """Top eigenpairs of a batch of small symmetric PSD matrices ``[R, m, m]``: ``(values [R, b], vectors
     [R, m, b], operator applications)`` for a block of ``b = min(m, max(2k, k + 8))`` ≥ k pairs, the top k
     converged. Iterations that did not converge are finished densely."""
     block = min(W.shape[-1], max(2 * k, k + 8))
     if solver == "dense":
-        values, vectors = torch.linalg.eigh(W)
+        values, vectors = _dense_eigh(W, backend)
         return values.flip(-1)[:, :block], vectors.flip(-1)[:, :, :block], 0
     values, vectors, _, applications, converged = topk_eigh(lambda Y: W @ Y, W.shape[-1], k, batch=(W.shape[0],),
                                                             dtype=W.dtype, device=W.device, tol=tol,
                                                             block=block, return_block=True)
     if not bool(converged.all()):  # finish the stragglers exactly rather than return unconverged pairs
         stragglers = torch.nonzero(~converged).flatten()
-        dense_values, dense_vectors = torch.linalg.eigh(W[stragglers])
+        dense_values, dense_vectors = _dense_eigh(W[stragglers], backend)
         values[stragglers] = dense_values.flip(-1)[:, :block]
         vectors[stragglers] = dense_vectors.flip(-1)[:, :, :block]
     return values, vectors, applications
 
 
 def _transformed_eigenvectors(W: torch.Tensor, c_b: torch.Tensor, k: int, solver: str, tol: Optional[float],
-                              tau: float):
+                              tau: float, backend: str):
     """A block of eigenvectors of ``W`` ``[R, m, b]`` separated by ν = μ / (1 − c_b μ) instead of μ: the top of
     ``L⁻¹ W L⁻ᵀ`` with ``I − c_b W = L Lᵀ``, mapped back by ``u = L⁻ᵀ v``."""
     m = W.shape[-1]
@@ -138,7 +148,7 @@ def _transformed_eigenvectors(W: torch.Tensor, c_b: torch.Tensor, k: int, solver
             "use a larger tau")
     C = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, W, upper=False).transpose(1, 2),
                                       upper=False)
-    _, v, applications = _top_eigenpairs(0.5 * (C + C.transpose(1, 2)), k, solver, tol)
+    _, v, applications = _top_eigenpairs(0.5 * (C + C.transpose(1, 2)), k, solver, tol, backend)
     return torch.linalg.solve_triangular(L.transpose(1, 2), v, upper=True), applications
 
 
@@ -166,7 +176,7 @@ def _pencil_rayleigh_ritz(basis: BulkBasis, weights, K, scale, Z, c_f, c_b, a, k
 
 
 def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, normalize: str, solver: str,
-                 tol: Optional[float]):
+                 tol: Optional[float], backend: str):
     """Solve R regions given by foreground ``weights`` ``[R, P]`` at once (padded batch)."""
     dtype = basis.JV.dtype
     P, r = basis.JV.shape
@@ -187,7 +197,7 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
     row_form = n <= r  # work in the smaller of the two spaces
     W = batched_row_gram(K) if row_form else K.transpose(1, 2) @ K  # [R, m, m]
     # Top μ of W; ν = μ / (1 − c_b μ) cancels log10(1 + λ c_b / c_f) digits, refined below where that matters.
-    mu, u, applications = _top_eigenpairs(W, k, solver, tol)
+    mu, u, applications = _top_eigenpairs(W, k, solver, tol, backend)
     y = K.transpose(1, 2) @ u if row_form else u  # right singular vectors of K̃ (unnormalised)   [R, r, b]
     z = scale[:, :, None] * y  # n = V z
     c_f, c_b, a = c_f.to(dtype), c_b.to(dtype), a.to(dtype)
@@ -195,7 +205,7 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
     if float((eigenvalues * (c_b / c_f)[:, None]).abs().max()) > 100.0:  # > 2 of float64's 16 digits at stake
         # μ bunches below 1/c_b: its top eigenvectors are an arbitrary basis of the bunch. The transformed pencil
         # W u = ν (I − c_b W) u has λ's own gaps; then Rayleigh–Ritz on the exact pencil polishes λ.
-        u, more = _transformed_eigenvectors(W, c_b, k, solver, tol, tau)
+        u, more = _transformed_eigenvectors(W, c_b, k, solver, tol, tau, backend)
         applications += more
         z = scale[:, :, None] * (K.transpose(1, 2) @ u if row_form else u)
         eigenvalues, z, Bz, Az = _pencil_rayleigh_ritz(basis, weights, K, scale, z, c_f, c_b, a, k)
@@ -219,12 +229,14 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
 
 def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize: str, solver: str = "auto",
                tol: Optional[float] = None, memory_budget: Optional[int] = None,
-               progress: Optional[bool] = None) -> Solution:
+               progress: Optional[bool] = None, backend: str = "torch") -> Solution:
     """Top-k directions for every region of ``regions`` (complement backgrounds only) from a :class:`BulkBasis`.
 
     Regions are processed in chunks whose padded operands fit ``memory_budget`` bytes (default: a quarter of the
     free GPU memory, or 512 MiB on the CPU); regions are sorted by size first so a chunk pads little. ``solver``: "dense" (eigh of the small matrix), "iterative" (subspace
-    iteration), or "auto" (dense when the small matrix has at most 32 rows, 256 on the CPU, else iterative)."""
+    iteration), or "auto" (dense when the small matrix has at most 32 rows, 256 on the CPU, 512 with the "cuda"
+    backend's batched eigensolver, else iterative). ``backend``: "torch" or "cuda" (the extension's batched Xsyev
+    for the dense small eigenproblems)."""
     check(regions.background is None, "background",
           "None for the bulk path (it needs complement backgrounds; use the general path for explicit ones)")
     weights = regions.foreground.to(basis.JV.device)
@@ -257,17 +269,18 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
         n_max = counts_sorted[stop - 1]
         m = min(n_max, r)
         chunk_solver = solver
-        if solver == "auto":  # batched dense eigh loops over the batch on GPUs above 32 rows
-            dense_max = 256 if weights.device.type == "cpu" else 32
+        if solver == "auto":  # torch's batched dense eigh loops over the batch on GPUs above 32 rows
+            dense_max = 256 if weights.device.type == "cpu" else (512 if backend == "cuda" else 32)
             chunk_solver = "dense" if m <= max(dense_max, 2 * k) else "iterative"
         values, directions, residuals, bound, its = _solve_chunk(basis, weights[index], k, tau, normalize,
-                                                                 chunk_solver, tol)
+                                                                 chunk_solver, tol, backend)
         out_values[index], out_directions[index], out_residuals[index] = values, directions, residuals
         out_bound[index] = bound.to(out_bound.device)
         iterations.append(its)
         bar.update(stop - start)
         start = stop
     bar.close()
-    info = {"path": "bulk", "rank": basis.rank, "dtype": str(basis.JV.dtype).replace("torch.", ""),
+    info = {"path": "bulk", "ops": "cuda extension (batched Xsyev)" if backend == "cuda" else "torch",
+            "rank": basis.rank, "dtype": str(basis.JV.dtype).replace("torch.", ""),
             "applications": iterations, "truncation_bound": out_bound}
     return Solution(out_values, out_directions, out_residuals, info)

@@ -123,7 +123,7 @@ def solve_general(
     background = regions.background_weights(dtype)
     foreground = regions.foreground.to(dtype)
     out_values, out_vectors, out_residuals, iterations = [], [], [], []
-    info = {"path": "general", "method": method, "dtype": str(dtype).replace("torch.", "")}
+    info = {"path": "general", "method": method, "ops": "torch", "dtype": str(dtype).replace("torch.", "")}
     for r in range(len(regions)):
         M_f, M_b, a, c_f = _region_matrices(J, foreground[r], background[r], tau, normalize, dtype)
         rows = torch.nonzero(foreground[r]).flatten()
