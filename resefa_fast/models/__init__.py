@@ -1,0 +1,17 @@
+"""StyleGAN2 generators for resefa_fast, and loaders for the checkpoints people have (DESIGN.md §4, first step).
+
+    >>> from resefa_fast import models
+    >>> loaded = models.load("stylegan2-ffhq-config-f.pkl")   # NVIDIA pickle, rosinality .pt, Hammer/genforce .pth
+    >>> G = loaded.generator                                   # StyleGAN2Generator, eval mode, noise_mode "const"
+    >>> ws = G.map(torch.randn(1, G.z_dim), truncation_psi=0.7)  # [1, num_ws, w_dim]
+    >>> img = G.synthesize(ws)                                 # [1, 3, R, R], about [-1, 1]
+
+``StyleGAN2Generator`` implements the Jacobian engine's layer-skip protocol (``num_stages``, ``stage_ws_rows``,
+``run_stage``), so ``resefa_fast.jacobian(G, ws)`` starts each W+ row's tangents at the block that first reads it.
+"""
+from .configs import CONFIGS, TINY, Config, build, config, random_stylegan2
+from .loaders import FORMATS, LoadedModel, infer_kwargs, load, save
+from .stylegan2 import ARCHITECTURES, NOISE_MODES, StyleGAN2Generator
+
+__all__ = ["ARCHITECTURES", "CONFIGS", "Config", "FORMATS", "LoadedModel", "NOISE_MODES", "StyleGAN2Generator",
+           "TINY", "build", "config", "infer_kwargs", "load", "random_stylegan2", "save"]
