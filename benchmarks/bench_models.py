@@ -97,11 +97,19 @@ def main(argv=None):
 
     rows = report["rows"]
 
-    def add(name, mode, unit, count, seconds, peak, batch):
-        rows.append(dict(method=name, precision=mode, unit=unit, batch=batch, per_item_ms=seconds / count * 1e3,
-                         items_per_s=count / seconds, peak_gib=None if peak is None else peak / 2 ** 30))
-        r = rows[-1]
-        print(f"| {name} | {mode} | {batch} | {r['per_item_ms']:.2f} | {r['items_per_s']:.1f} {unit}/s | "
+    def timed(name, mode, unit, count, fn):
+        """Time ``fn`` (``count`` items) into one row; a run out of device memory gives an "out of memory" row."""
+        try:
+            seconds, peak, _ = timer(fn)
+        except torch.OutOfMemoryError:
+            rows.append(dict(method=name, precision=mode, batch=count, error="out of memory"))
+            torch.cuda.empty_cache()
+            print(f"| {name} | {mode} | {count} | out of memory | | |", flush=True)
+            return
+        r = dict(method=name, precision=mode, unit=unit, batch=count, per_item_ms=seconds / count * 1e3,
+                 items_per_s=count / seconds, peak_gib=None if peak is None else peak / 2 ** 30)
+        rows.append(r)
+        print(f"| {name} | {mode} | {count} | {r['per_item_ms']:.2f} | {r['items_per_s']:.1f} {unit}/s | "
               f"{'' if peak is None else f'{peak / 2 ** 30:.2f}'} |", flush=True)
 
     print("\n| method | precision | batch or chunk | ms / item | rate | peak GiB |\n|---|---|---|---|---|---|")
@@ -109,14 +117,9 @@ def main(argv=None):
         with precision(mode), torch.no_grad():
             for batch in [int(b) for b in args.batches.split(",")]:
                 ws = ws1.expand(batch, -1, -1).contiguous()
-                for name, fn in [("ours forward", lambda: G.synthesis(ws))] + (
-                        [] if toy is None else [("toy forward", lambda: toy(ws[:, :toy.num_ws]))]):
-                    try:
-                        seconds, peak, _ = timer(fn)
-                        add(name, mode, "images", batch, seconds, peak, batch)
-                    except torch.OutOfMemoryError:
-                        rows.append(dict(method=name, precision=mode, batch=batch, error="out of memory"))
-                        torch.cuda.empty_cache()
+                for name, fn in [("ours forward", lambda ws=ws: G.synthesis(ws))] + (
+                        [] if toy is None else [("toy forward", lambda ws=ws: toy(ws[:, :toy.num_ws]))]):
+                    timed(name, mode, "images", batch, fn)
         with precision(mode):
             for chunk in [int(k) for k in args.chunks.split(",")]:
                 for name, gen, n_ws in [("ours vmap(jvp)", G, G.num_ws)] + (
@@ -131,12 +134,7 @@ def main(argv=None):
 
                     def run(w=w, tangents=tangents, pixels=pixels):
                         return torch.func.vmap(lambda t: torch.func.jvp(pixels, (w,), (t,))[1])(tangents)
-                    try:
-                        seconds, peak, _ = timer(run)
-                        add(name, mode, "tangents", chunk, seconds, peak, chunk)
-                    except torch.OutOfMemoryError:
-                        rows.append(dict(method=name, precision=mode, batch=chunk, error="out of memory"))
-                        torch.cuda.empty_cache()
+                    timed(name, mode, "tangents", chunk, run)
     best = min((r for r in rows if r.get("method") == "ours vmap(jvp)" and "per_item_ms" in r),
                key=lambda r: r["per_item_ms"], default=None)
     if best:

@@ -239,14 +239,13 @@ def official_blocks(sd, kw):
 # rosinality
 
 
-def random_rosinality(res_log2=4, style_dim=8, n_mlp=2, channel_multiplier=2, seed=1, channels=None):
+def random_rosinality(res_log2=4, style_dim=8, n_mlp=2, seed=1, channels=None):
     """A random rosinality ``g_ema`` state dict (size 2**res_log2) and its ``latent_avg``."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape, scale=1.0, shift=0.0):
         return torch.randn(tuple(shape), generator=g, dtype=torch.float64) * scale + shift
 
-    size = 2 ** res_log2
     ch = channels or {4: 16, 8: 16, 16: 8, 32: 8}
     sd = OrderedDict()
     for i in range(1, n_mlp + 1):

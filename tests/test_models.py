@@ -1,17 +1,18 @@
-"""resefa_fast.models: the StyleGAN2 generator against an independent reference forward pass (tests/models_reference.py),
-the layer-skip protocol and forward mode, the loaders of every format, and every bad-file case."""
+"""resefa_fast.models: the StyleGAN2 generator against an independent reference forward pass
+(tests/models_reference.py), the layer-skip protocol and forward mode, the loaders of every format, and every
+bad-file case."""
 import argparse
 import io
 import math
 import os
 import pickle
 
+import models_reference as ref
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import models_reference as ref
 import resefa_fast as rf
 from resefa_fast import models
 from resefa_fast.errors import ResefaError
@@ -76,8 +77,8 @@ def write(tmp_path, name, data):
 @pytest.mark.parametrize("c_dim", [0, 3])
 def test_generator_matches_reference(architecture, conv_clamp, c_dim):
     kw = dict(TINY, architecture=architecture, conv_clamp=conv_clamp, c_dim=c_dim)
-    sd = random_sd = rounded(ref.random_official(kw))
-    G = ours_from_official(random_sd, kw)
+    sd = rounded(ref.random_official(kw))
+    G = ours_from_official(sd, kw)
     blocks, M = ref.official_blocks(sd, kw)
     z, c = inputs(kw)
     for psi, cutoff in [(1.0, None), (0.7, None), (0.5, 2)]:
@@ -206,7 +207,8 @@ def test_stages_compose_to_synthesis_and_read_only_their_rows(architecture):
         outside = [r for r in range(G.num_ws) if not lo <= r < hi]
         other[:, outside] = torch.randn(2, len(outside), G.w_dim, dtype=torch.float64)
         out2 = G.run_stage(i, states[i], other)
-        for a, b in zip(out if isinstance(out, tuple) else (out,), out2 if isinstance(out2, tuple) else (out2,)):
+        for a, b in zip(out if isinstance(out, tuple) else (out,), out2 if isinstance(out2, tuple) else (out2,),
+                        strict=True):
             assert torch.equal(a, b)
         # rows inside do
         inside = ws.clone()
@@ -216,7 +218,8 @@ def test_stages_compose_to_synthesis_and_read_only_their_rows(architecture):
         assert not torch.allclose(changed, out[-1] if isinstance(out, tuple) else out)
         # W+ as a tuple of rows (accepts_ws_rows)
         out4 = G.run_stage(i, states[i], as_rows)
-        for a, b in zip(out if isinstance(out, tuple) else (out,), out4 if isinstance(out4, tuple) else (out4,)):
+        for a, b in zip(out if isinstance(out, tuple) else (out,), out4 if isinstance(out4, tuple) else (out4,),
+                        strict=True):
             assert torch.equal(a, b)
     assert isinstance(G, rf.StagedGenerator)
 
@@ -369,7 +372,7 @@ def test_official_state_dict_and_save_round_trip(tmp_path):
     again = models.load(out)
     assert again.metadata["format"] == "resefa_fast" and again.metadata["saved_metadata"]["seed"] == 3
     assert again.generator.init_kwargs == G.init_kwargs
-    for (k, a), (k2, b) in zip(G.state_dict().items(), again.generator.state_dict().items()):
+    for (k, a), (k2, b) in zip(G.state_dict().items(), again.generator.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
     z, c = inputs(kw)
     assert torch.equal(G(z.float(), c.float()), again.generator(z.float(), c.float()))

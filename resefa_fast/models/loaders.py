@@ -27,7 +27,7 @@ import os
 import re
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -103,7 +103,8 @@ def save(generator: StyleGAN2Generator, path, metadata: Optional[Dict[str, Any]]
     that :func:`load` reads back with ``weights_only=True``. ``metadata`` values: str, int, float, bool, None, or
     lists / dicts of those."""
     if not isinstance(generator, StyleGAN2Generator):
-        raise ResefaError(f"`generator` must be a resefa_fast.models.StyleGAN2Generator; got {type(generator).__name__}")
+        raise ResefaError("`generator` must be a resefa_fast.models.StyleGAN2Generator; got "
+                          f"{type(generator).__name__}")
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in generator.init_kwargs.items()}
     payload = dict(format=SAVE_FORMAT, version=1, init_kwargs=kwargs,
                    state_dict={k: v.detach().cpu() for k, v in generator.state_dict().items()},
@@ -334,7 +335,7 @@ def _from_nvidia(record: PersistentRecord, path: str):
                           "supported")
     state = record.state
     init = dict(state.get("_init_kwargs") or {})
-    for name, value in zip(_POSITIONAL, state.get("_init_args") or ()):
+    for name, value in zip(_POSITIONAL, state.get("_init_args") or (), strict=False):
         init.setdefault(name, value)
     missing = [k for k in _POSITIONAL[:5] if k not in init]
     if missing:
@@ -464,6 +465,9 @@ def _from_hammer_or_genforce(g: Dict[str, torch.Tensor], path: str, where: str):
     def conv_name(layer: int) -> str:
         return f"synthesis.b{block(layer)}.conv{0 if layer % 2 else 1}"
 
+    def block_name(index: int) -> str:  # output{i} / residual{i} -> block of resolution 4·2^i
+        return f"synthesis.b{4 * 2 ** index}"
+
     pairs = [
         (r"mapping\.dense(\d+)\.(weight|bias)", r"mapping.fc\1.\2"),
         (r"mapping\.embedding\.(weight|bias)", r"mapping.embed.\1"),
@@ -473,10 +477,10 @@ def _from_hammer_or_genforce(g: Dict[str, torch.Tensor], path: str, where: str):
         (r"synthesis\.layer(\d+)\.(weight|bias|noise_strength)", lambda m: f"{conv_name(int(m[1]))}.{m[2]}"),
         (r"synthesis\.layer(\d+)\.noise", lambda m: f"{conv_name(int(m[1]))}.noise_const"),
         (r"synthesis\.layer(\d+)\.filter(\.kernel)?", lambda m: f"{conv_name(int(m[1]))}.filter"),
-        (r"synthesis\.output(\d+)\.style\.(weight|bias)", lambda m: f"synthesis.b{4 * 2 ** int(m[1])}.torgb.affine.{m[2]}"),
-        (r"synthesis\.output(\d+)\.(weight|bias)", lambda m: f"synthesis.b{4 * 2 ** int(m[1])}.torgb.{m[2]}"),
-        (r"synthesis\.residual(\d+)\.weight", lambda m: f"synthesis.b{4 * 2 ** int(m[1])}.skip.weight"),
-        (r"synthesis\.residual(\d+)\.filter", lambda m: f"synthesis.b{4 * 2 ** int(m[1])}.skip.filter"),
+        (r"synthesis\.output(\d+)\.style\.(weight|bias)", lambda m: f"{block_name(int(m[1]))}.torgb.affine.{m[2]}"),
+        (r"synthesis\.output(\d+)\.(weight|bias)", lambda m: f"{block_name(int(m[1]))}.torgb.{m[2]}"),
+        (r"synthesis\.residual(\d+)\.weight", lambda m: f"{block_name(int(m[1]))}.skip.weight"),
+        (r"synthesis\.residual(\d+)\.filter", lambda m: f"{block_name(int(m[1]))}.skip.filter"),
         (r"synthesis\.(filter|upsample\.kernel)", "synthesis.filter"),
     ]
     sd = _rename(g, pairs, path, fmt)

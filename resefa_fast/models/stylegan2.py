@@ -360,7 +360,8 @@ class StyleGAN2Generator(nn.Module):
 
     def map(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
             truncation_cutoff: Optional[int] = None) -> torch.Tensor:
-        """Checked ``mapping``: z ``[B, z_dim]``, c ``[B, c_dim]`` (None when c_dim = 0) -> W+ ``[B, num_ws, w_dim]``."""
+        """Checked ``mapping``: z ``[B, z_dim]``, c ``[B, c_dim]`` (None when c_dim = 0) -> W+
+        ``[B, num_ws, w_dim]``."""
         check(isinstance(z, torch.Tensor) and z.ndim == 2 and z.shape[1] == self.z_dim, "z",
               f"a tensor [B, {self.z_dim}]", getattr(z, "shape", type(z).__name__))
         if self.c_dim:
