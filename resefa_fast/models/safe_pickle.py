@@ -63,7 +63,7 @@ def _reconstruct_persistent_obj(meta):
 
 def _load_storage(data: bytes):
     # torch pickles a storage as torch.save(storage) bytes (legacy format); read them without running code
-    return torch.load(io.BytesIO(data), weights_only=True)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
