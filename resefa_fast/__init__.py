@@ -10,7 +10,7 @@ readouts`` (``import resefa_fast.jacobian.engine as m`` does not work: the attri
 """
 __version__ = "0.1.0"
 
-from . import reference, regions  # noqa: E402
+from . import models, reference, regions  # noqa: E402
 from .api import Directions, Factorizer, factorize
 from .backends import backend_info
 from .errors import ResefaError
@@ -21,6 +21,6 @@ from .regions import PRESETS, Box, box_mask, masks_from_labels, preset
 
 __all__ = [
     "Box", "Directions", "Factorizer", "Grams", "JacobianInfo", "Memmap", "PRESETS", "ResefaError", "StagedGenerator",
-    "backend_info", "box_mask", "factorize", "jacobian", "load_results", "masks_from_labels", "mine", "preset",
+    "backend_info", "box_mask", "factorize", "jacobian", "load_results", "masks_from_labels", "mine", "models", "preset",
     "readouts", "reference", "regions", "__version__",
 ]
