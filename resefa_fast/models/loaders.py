@@ -27,7 +27,7 @@ import os
 import re
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -43,6 +43,10 @@ FORMATS = ("nvidia-pickle", "rosinality", "hammer", "genforce", "official-state-
 SAVE_FORMAT = "resefa_fast.stylegan2"
 #: z samples used to estimate w_avg when a checkpoint has none (rosinality training checkpoints).
 W_AVG_SAMPLES = 10_000
+#: Readers of the other generator families (StyleGAN3, BigGAN), registered by their modules:
+#: ``reader(obj, path, config, device)`` returns a :class:`LoadedModel`, or None when ``obj`` (the file's top object,
+#: or None when ``path`` is a directory) is not theirs. Tried in order before the StyleGAN2 formats.
+FAMILY_READERS: List[Callable[..., Optional["LoadedModel"]]] = []
 
 
 @dataclass
@@ -68,11 +72,20 @@ def load(path, config: Optional[str] = None, device="cpu") -> LoadedModel:
     Raises :class:`ResefaError` naming the file and what was expected for unknown, corrupt or mis-shaped files.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        for reader in FAMILY_READERS:
+            loaded = reader(None, path, config, device)
+            if loaded is not None:
+                return loaded
     if not os.path.isfile(path):
         raise ResefaError(f"`path` must be an existing checkpoint file; got {path!r}")
     with open(path, "rb") as f:
         data = f.read()
     obj = _read(data, path)
+    for reader in FAMILY_READERS:
+        loaded = reader(obj, path, config, device)
+        if loaded is not None:
+            return loaded
     fmt, state_dict, kwargs, meta = _interpret(obj, path)
     chosen = configs.config(config) if config is not None else None
     if chosen is not None:
