@@ -76,6 +76,12 @@ def _package(solutions: List[Solution], regions: Regions, batched_latents: bool,
     return Directions(stack("directions"), stack("eigenvalues"), stack("residuals"), list(regions.names), merged)
 
 
+def _auto_method(regions: Regions, compute_dtype: torch.dtype) -> str:
+    """``method="auto"``: bulk for several regions with complement backgrounds in float64, else cholesky."""
+    bulk_fits = len(regions) > 1 and regions.background is None and compute_dtype == torch.float64
+    return "bulk" if bulk_fits else "cholesky"
+
+
 def _prepare(jacobian, batched, grid, latents, backend, dtype):
     check(latents in LATENT_MODES, "latents", f"one of {LATENT_MODES}", repr(latents))
     jac = as_jacobian(jacobian, batched=batched, grid=grid)
@@ -137,8 +143,7 @@ def factorize(
     if ran == "reference":
         chosen = "reference"
     elif method == "auto":
-        bulk_fits = len(regions) > 1 and regions.background is None and compute_dtype == torch.float64
-        chosen = "bulk" if bulk_fits else "cholesky"
+        chosen = _auto_method(regions, compute_dtype)
     else:
         chosen = method
     solutions = []

@@ -50,6 +50,133 @@ def test_sharded_rows_and_stacked_latents_equal_one_process(tmp_path):
                              one.eigenvalues[:5], one.directions[:5], torch.float64, one.eigenvalues[5])
 
 
+# Pixel-sharded Jacobians: 3 ranks holding uneven row blocks (not aligned with image rows) of one [480, 40] J.
+GRID = (24, 20)
+EDGES = [0, 130, 301, 480]
+BOXES = [(2, 10, 4, 6),  # pixels 7-72: inside rank 0's block
+         (10, 8, 6, 7),  # pixels 145-251: inside rank 1's block
+         (14, 10, 12, 8),  # pixels 166-393: spans ranks 1 and 2
+         (12, 10, 16, 10)]  # pixels 85-394: spans all three
+PIXEL_K = 5
+
+
+def _pixel_jacobian():
+    """Generator-like J with six latent dims that move the third box only: its λ c_b / c_f reaches 1e5, so the bulk
+    path's exact-pencil Rayleigh–Ritz refinement (products with background rows) runs on sharded rows."""
+    J = random_jacobian(GRID, 40, rank=20, noise=1e-5, seed=5).reshape(*GRID, 40)
+    inside = rf.box_mask(BOXES[2], GRID).bool()
+    J[inside, :6] += 30 * torch.randn(int(inside.sum()), 6, generator=torch.Generator().manual_seed(1))
+    return J.reshape(-1, 40)
+
+
+def _pixel_worker(rank, world, init_file, out_dir):
+    torch.set_num_threads(1)
+    _init(rank, world, init_file)
+    rows = slice(EDGES[rank], EDGES[rank + 1])
+    J = _pixel_jacobian()[rows]  # every rank builds the same J, then keeps only its rows
+    run = {}
+    run["bulk"] = distributed.factorize_pixel_sharded(J, rows, BOXES, k=PIXEL_K, grid=GRID)
+    run["bulk_unrefined"] = distributed.PixelShardedFactorizer(J, (rows.start, rows.stop), GRID).factorize_many(
+        BOXES[:2], k=PIXEL_K)
+    for method in ("cholesky", "woodbury"):
+        run[method] = distributed.factorize_pixel_sharded(J, rows, BOXES, k=PIXEL_K, grid=GRID, method=method)
+    run["one_region"] = distributed.factorize_pixel_sharded(J, rows, BOXES[3], k=PIXEL_K, grid=GRID)
+    run["background"] = distributed.factorize_pixel_sharded(J, rows, BOXES[1], k=PIXEL_K, grid=GRID,
+                                                            background=BOXES[3])
+    torch.save(run, os.path.join(out_dir, f"pixel{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def _assert_same_answer(out, one, ref):
+    """``out`` (sharded) against the one-process result ``one`` and the float64 oracle ``ref`` (one more pair)."""
+    values, directions = out.eigenvalues.reshape(-1, PIXEL_K), out.directions.reshape(-1, PIXEL_K, 40)
+    one_values, one_directions = one.eigenvalues.reshape(-1, PIXEL_K), one.directions.reshape(-1, PIXEL_K, 40)
+    ref_values, ref_directions = ref.eigenvalues.reshape(-1, PIXEL_K + 1), ref.directions.reshape(-1, PIXEL_K + 1, 40)
+    for r in range(values.shape[0]):
+        assert_matches_reference(values[r], directions[r], ref_values[r, :-1], ref_directions[r, :-1], torch.float64,
+                                 ref_values[r, -1])
+        assert_matches_reference(values[r], directions[r], one_values[r], one_directions[r], torch.float64,
+                                 ref_values[r, -1])
+
+
+def test_pixel_sharded_equals_one_process(tmp_path):
+    """Bulk and general paths on rows split 130 / 171 / 179 over 3 ranks: regions inside one block, across two,
+    across all three; an explicit background; each equals one process (and the oracle) to DESIGN.md §6."""
+    mp.spawn(_pixel_worker, args=(3, str(tmp_path / "init"), str(tmp_path)), nprocs=3, join=True)
+    outputs = [torch.load(tmp_path / f"pixel{r}.pt", weights_only=False) for r in range(3)]
+    for name, out in outputs[0].items():  # every rank returns the same result, to the bit
+        for other in outputs[1:]:
+            assert torch.equal(other[name].directions, out.directions), name
+            assert torch.equal(other[name].eigenvalues, out.eigenvalues), name
+    J = _pixel_jacobian().reshape(*GRID, 40)
+    sharded = outputs[0]
+    ref = rf.factorize(J, BOXES, k=PIXEL_K + 1, backend="reference")
+    assert sharded["bulk"].info["path"] == "bulk" and sharded["bulk"].directions.shape == (4, PIXEL_K, 40)
+    assert sharded["bulk"].info["world_size"] == 3
+    _assert_same_answer(sharded["bulk"], rf.Factorizer(J).factorize_many(BOXES, k=PIXEL_K), ref)
+    one_two = rf.factorize(J, BOXES[:2], k=PIXEL_K + 1, backend="reference")
+    _assert_same_answer(sharded["bulk_unrefined"], rf.factorize(J, BOXES[:2], k=PIXEL_K, method="bulk"), one_two)
+    for method in ("cholesky", "woodbury"):
+        assert sharded[method].info["path"] == "general"
+        _assert_same_answer(sharded[method], rf.factorize(J, BOXES, k=PIXEL_K, method=method), ref)
+    assert sharded["one_region"].directions.shape == (PIXEL_K, 40)
+    one = rf.factorize(J, BOXES[3], k=PIXEL_K + 1, backend="reference")
+    _assert_same_answer(sharded["one_region"], rf.factorize(J, BOXES[3], k=PIXEL_K), one)
+    with_background = rf.factorize(J, BOXES[1], k=PIXEL_K + 1, background=BOXES[3], backend="reference")
+    _assert_same_answer(sharded["background"], rf.factorize(J, BOXES[1], k=PIXEL_K, background=BOXES[3]),
+                        with_background)
+
+
+def _channels_jacobian():
+    return random_jacobian((16, 12), 24, channels=3, rank=16, seed=9)  # [3·16·12, 24], rows in c, h, w order
+
+
+def _soft_masks():
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(12.0), indexing="ij")
+    return torch.stack([torch.exp(-((yy - 5) ** 2 + (xx - 4) ** 2) / 8.0), torch.sigmoid(xx - 8.0),
+                        rf.box_mask((12, 6, 4, 4), (16, 12))])  # [3, 16, 12]
+
+
+def _channels_worker(rank, world, init_file, out_dir):
+    torch.set_num_threads(1)
+    _init(rank, world, init_file)
+    J = _channels_jacobian()
+    rows = distributed.shard_rows(J.shape[0], rank, world)
+    factorizer = distributed.PixelShardedFactorizer(J[rows], rows, (3, 16, 12), rank=12)  # truncated basis
+    run = {"truncated": factorizer.factorize_many(_soft_masks(), k=3)}
+    flat = _soft_masks().reshape(3, 1, -1).expand(-1, 3, -1).reshape(3, -1)  # flat weights [R, P]: num_rows only
+    run["flat"] = distributed.factorize_pixel_sharded(J[rows], rows, flat, k=3, num_rows=J.shape[0])
+    try:  # blocks that overlap (and leave rows out) are refused on every rank, not silently summed
+        distributed.factorize_pixel_sharded(J[:100], (0, 100), flat, k=3, num_rows=J.shape[0])
+    except rf.ResefaError as error:
+        run["overlap_error"] = str(error)
+    torch.save(run, os.path.join(out_dir, f"channels{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_pixel_sharded_channels_soft_masks_truncation(tmp_path):
+    """2 ranks, a 3-channel Jacobian split inside a channel, soft masks, a truncated eigenbasis (equal to the
+    one-process Factorizer with the same rank), flat weights with ``num_rows``, and a bad row tiling."""
+    mp.spawn(_channels_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    outputs = [torch.load(tmp_path / f"channels{r}.pt", weights_only=False) for r in range(2)]
+    J = _channels_jacobian().reshape(3, 16, 12, 24)
+    masks = _soft_masks()
+    truncated = rf.Factorizer(J, rank=12).factorize_many(masks, k=3)
+    full = rf.factorize(J, masks, k=3, method="bulk")
+    ref = rf.factorize(J, masks, k=4, backend="reference")
+    for out in outputs:
+        assert "tile" in out["overlap_error"]
+        sharded = out["truncated"]
+        assert torch.allclose(sharded.info["truncation_bound"], truncated.info["truncation_bound"], rtol=1e-10)
+        for r in range(3):
+            assert_matches_reference(sharded.eigenvalues[r], sharded.directions[r], truncated.eigenvalues[r],
+                                     truncated.directions[r], torch.float64, ref.eigenvalues[r, 3])
+            assert_matches_reference(out["flat"].eigenvalues[r], out["flat"].directions[r], full.eigenvalues[r],
+                                     full.directions[r], torch.float64, ref.eigenvalues[r, 3])
+            assert_matches_reference(out["flat"].eigenvalues[r], out["flat"].directions[r], ref.eigenvalues[r, :3],
+                                     ref.directions[r, :3], torch.float64, ref.eigenvalues[r, 3])
+
+
 def _torchrun(args, world, env_extra=None, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}",

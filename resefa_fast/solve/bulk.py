@@ -21,9 +21,16 @@ themselves (one GEMM pair over all P rows), gives λ and the residuals without c
 Truncation: keeping the leading r eigenpairs of G moves every singular value of K̃ (``√μ``) by at most
 ``ε_r = sqrt(σ_{r+1} / (c_b σ_{r+1} + a))`` (the discarded block of ``diag(√m) J C^{-1/2}`` has that norm);
 ``Solution.info["truncation_bound"]`` reports it per region (0 when nothing is discarded).
+
+Rows split across processes (:mod:`resefa_fast.distributed`): ``JV`` and ``energies`` then hold this process's
+rows, and ``reduce`` (an in-place sum over the processes) completes every sum over pixel rows — the region
+totals, ``W = K̃ᵀK̃`` ``[r, r]`` (the column form: the row form ``K̃K̃ᵀ`` couples rows of different processes and
+is not a sum), and the products with foreground and background rows. Everything after those sums is identical
+on every process.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -35,6 +42,10 @@ from ..gram import batched_row_gram, gram, row_energies
 from ..regions import Regions
 from .common import (Solution, canonical_directions, orthonormalize, relative_residuals, scale_constants,
                      topk_eigh)
+
+
+#: In-place sum of a tensor over the processes that hold the other rows of J (returns it); None: all rows are here.
+Reduce = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
 
 @dataclass
@@ -60,12 +71,27 @@ def precompute(jacobian: torch.Tensor, rank: Optional[int] = None, energy: Optio
     """Eigenbasis of ``G = JᵀJ`` for ``jacobian`` ``[P, d]`` (any float dtype). ``rank`` keeps the leading r
     eigenpairs, ``energy`` (in (0, 1]) the fewest whose eigenvalues sum to that fraction of ``tr G``; neither: all.
     G and its eigh run in float64 (on an H100 about as fast as float32, and the small eigenvalues that ``D_a``
-    amplifies stay accurate); ``JV`` is stored in ``dtype`` (float64: the only precision this path accepts)."""
+    amplifies stay accurate); ``JV`` is stored in ``dtype`` (float64: the only precision this path accepts).
+    (:func:`gram_eigenbasis` and :func:`project_rows` are its two halves, for callers that sum G over processes.)"""
+    check_bulk_dtype(dtype)
+    sigma, V, discarded = gram_eigenbasis(gram(jacobian, dtype=torch.float64), rank, energy, dtype)
+    JV, energies = project_rows(jacobian, V, dtype, row_block)
+    return BulkBasis(V=V, sigma=sigma, JV=JV, energies=energies, discarded=discarded,
+                     data_eps=torch.finfo(jacobian.dtype).eps)
+
+
+def check_bulk_dtype(dtype: torch.dtype) -> None:
     check(dtype == torch.float64, "dtype", "torch.float64 for the bulk path: its complement trick (A = JᵀJ − B) "
           "cancels digits that float32 does not have when a region's background energy is small (use the general "
           "path, method='cholesky', for float32)", dtype)
-    d = jacobian.shape[1]
-    sigma, V = torch.linalg.eigh(gram(jacobian, dtype=torch.float64))
+
+
+def gram_eigenbasis(G: torch.Tensor, rank: Optional[int] = None, energy: Optional[float] = None,
+                    dtype: torch.dtype = torch.float64):
+    """``(sigma [r] descending, V [d, r] in dtype, largest discarded eigenvalue or 0)`` of the float64 ``G``
+    ``[d, d]``, truncated by ``rank`` / ``energy`` as :func:`precompute` describes."""
+    d = G.shape[0]
+    sigma, V = torch.linalg.eigh(G)
     sigma, V = sigma.flip(0).clamp_min(0), V.flip(1)
     keep = d
     if rank is not None:
@@ -75,15 +101,20 @@ def precompute(jacobian: torch.Tensor, rank: Optional[int] = None, energy: Optio
         keep = int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=sigma.dtype, device=sigma.device))) + 1
     keep = max(1, min(keep, d))
     discarded = float(sigma[keep]) if keep < d else 0.0
-    V = V[:, :keep].to(dtype)
-    JV = torch.empty(jacobian.shape[0], keep, dtype=dtype, device=jacobian.device)
+    return sigma[:keep], V[:, :keep].to(dtype), discarded
+
+
+def project_rows(jacobian: torch.Tensor, V: torch.Tensor, dtype: torch.dtype = torch.float64,
+                 row_block: int = 8192):
+    """``(JV [P, r] in dtype, row energies [P] float64)`` of ``jacobian`` ``[P, d]``, in row blocks (no
+    full-size copy of J in dtype)."""
+    JV = torch.empty(jacobian.shape[0], V.shape[1], dtype=dtype, device=jacobian.device)
     energies = torch.empty(jacobian.shape[0], dtype=torch.float64, device=jacobian.device)
-    for start in range(0, jacobian.shape[0], row_block):  # row blocks: no full-size copy of J in dtype
+    for start in range(0, jacobian.shape[0], row_block):
         rows = jacobian[start:start + row_block]
         JV[start:start + row_block] = rows.to(dtype) @ V
         energies[start:start + row_block] = row_energies(rows.to(torch.float64))
-    return BulkBasis(V=V, sigma=sigma[:keep], JV=JV, energies=energies, discarded=discarded,
-                     data_eps=torch.finfo(jacobian.dtype).eps)
+    return JV, energies
 
 
 def _gather_rows(weights: torch.Tensor):
@@ -96,14 +127,25 @@ def _gather_rows(weights: torch.Tensor):
     return rows, torch.gather(weights, 1, rows), counts
 
 
-def _background_products(basis: BulkBasis, weights: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def _row_sum(partial: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+    """A sum over pixel rows: this process's ``partial`` completed over the other processes' rows."""
+    return partial if reduce is None else reduce(partial)
+
+
+def _foreground_products(K: torch.Tensor, scale: torch.Tensor, X: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+    """``B X = D_a⁻¹ K̃ᵀ K̃ D_a⁻¹ X`` for ``X`` ``[R, r, b]`` (V coordinates) from the foreground rows K̃."""
+    return _row_sum(K.transpose(1, 2) @ (K @ (X / scale[:, :, None])), reduce) / scale[:, :, None]
+
+
+def _background_products(basis: BulkBasis, weights: torch.Tensor, z: torch.Tensor,
+                         reduce: Reduce = None) -> torch.Tensor:
     """``A z`` for every region and direction, ``[R, k, r]``, from all P rows: ``JVᵀ diag(1 − m) JV z``. One GEMM
     pair over P rows per chunk; every term is a non-negative background contribution, so nothing cancels."""
     R, k, r = z.shape
     JZ = basis.JV @ z.reshape(R * k, r).transpose(0, 1)  # J n for all pixels   [P, R·k]
     background = (1.0 - weights.to(z.dtype)).transpose(0, 1)  # [P, R]
     JZ = (JZ.view(-1, R, k) * background[:, :, None]).view(-1, R * k)
-    return (basis.JV.transpose(0, 1) @ JZ).transpose(0, 1).reshape(R, k, r)
+    return _row_sum(basis.JV.transpose(0, 1) @ JZ, reduce).transpose(0, 1).reshape(R, k, r)
 
 
 def _dense_eigh(W: torch.Tensor, backend: str):
@@ -152,12 +194,12 @@ def _transformed_eigenvectors(W: torch.Tensor, c_b: torch.Tensor, k: int, solver
     return torch.linalg.solve_triangular(L.transpose(1, 2), v, upper=True), applications
 
 
-def _pencil_rayleigh_ritz(basis: BulkBasis, weights, K, scale, Z, c_f, c_b, a, k):
+def _pencil_rayleigh_ritz(basis: BulkBasis, weights, K, scale, Z, c_f, c_b, a, k, reduce: Reduce = None):
     """Rayleigh–Ritz of the exact pencil ``(M_f, M_b)`` on the span of ``Z`` ``[R, r, b]`` (V coordinates), with
     ``A Z`` from the background rows (no cancellation). Returns ``(λ [R, k], z [R, k, r] unit, B z, A z)``."""
     Z = orthonormalize(Z)
-    Bz = K.transpose(1, 2) @ (K @ (Z / scale[:, :, None])) / scale[:, :, None]  # D_a⁻¹ K̃ᵀ K̃ D_a⁻¹ Z   [R, r, b]
-    Az = _background_products(basis, weights, Z.transpose(1, 2)).transpose(1, 2)  # [R, r, b]
+    Bz = _foreground_products(K, scale, Z, reduce)  # [R, r, b]
+    Az = _background_products(basis, weights, Z.transpose(1, 2), reduce).transpose(1, 2)  # [R, r, b]
     Zt = Z.transpose(1, 2)
     H_f = c_f[:, None, None] * (Zt @ Bz)
     H_b = c_b[:, None, None] * (Zt @ Az) + a[:, None, None] * torch.eye(Z.shape[-1], dtype=Z.dtype, device=Z.device)
@@ -175,17 +217,28 @@ def _pencil_rayleigh_ritz(basis: BulkBasis, weights, K, scale, Z, c_f, c_b, a, k
             (Az @ coefficients).transpose(1, 2))
 
 
+def _region_totals(basis: BulkBasis, weights: torch.Tensor, counts: torch.Tensor, reduce: Reduce):
+    """Sums over all rows, in one reduction: ``(rows with m > 0 [R], Σm [R], Σ m_p e_p [R], P, Σ e_p)``."""
+    R = weights.shape[0]
+    totals = torch.cat([counts.to(torch.float64), weights.to(torch.float64).sum(dim=1),
+                        weights.to(basis.energies.dtype) @ basis.energies,
+                        torch.stack([torch.tensor(float(weights.shape[1]), dtype=torch.float64,
+                                                  device=weights.device), basis.energies.sum()])])
+    totals = _row_sum(totals, reduce)
+    return totals[:R], totals[R:2 * R], totals[2 * R:3 * R], totals[3 * R], totals[3 * R + 1]
+
+
 def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, normalize: str, solver: str,
-                 tol: Optional[float], backend: str):
+                 tol: Optional[float], backend: str, reduce: Reduce = None):
     """Solve R regions given by foreground ``weights`` ``[R, P]`` at once (padded batch)."""
     dtype = basis.JV.dtype
-    P, r = basis.JV.shape
+    r = basis.JV.shape[1]
     rows, w, counts = _gather_rows(weights)  # [R, n]
+    counts, foreground_sum, foreground_energy, P, total_energy = _region_totals(basis, weights, counts, reduce)
     check(k <= int(counts.min()), "k", f"at most the number of rows of the smallest region ({int(counts.min())})", k)
     w = w.to(dtype)
-    foreground_sum = weights.to(torch.float64).sum(dim=1)
     c_f, c_b = scale_constants(foreground_sum, P - foreground_sum, normalize)  # [R] float64
-    a = tau * c_b * (basis.energies.sum() - weights.to(basis.energies.dtype) @ basis.energies)  # τ·tr(c_b A)  [R]
+    a = tau * c_b * (total_energy - foreground_energy)  # τ·tr(c_b A)  [R]
     sigma = basis.sigma.to(torch.float64)
     if tau == 0 and bool(sigma[-1] <= sigma.shape[0] * basis.data_eps * sigma[0]):
         raise ResefaError("`tau` must be > 0 here: with tau = 0 the background matrix M_b is singular at the "
@@ -194,8 +247,8 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
     K = basis.JV[rows]  # the one gather of the chunk   [R, n, r]
     K.mul_(w.sqrt()[..., None]).mul_(scale[:, None, :])  # K̃ = diag(√m) JV[rows] D_a, in place
     n = K.shape[1]
-    row_form = n <= r  # work in the smaller of the two spaces
-    W = batched_row_gram(K) if row_form else K.transpose(1, 2) @ K  # [R, m, m]
+    row_form = reduce is None and n <= r  # work in the smaller of the two spaces (only K̃ᵀK̃ sums over processes)
+    W = batched_row_gram(K) if row_form else _row_sum(K.transpose(1, 2) @ K, reduce)  # [R, m, m]
     # Top μ of W; ν = μ / (1 − c_b μ) cancels log10(1 + λ c_b / c_f) digits, refined below where that matters.
     mu, u, applications = _top_eigenpairs(W, k, solver, tol, backend)
     y = K.transpose(1, 2) @ u if row_form else u  # right singular vectors of K̃ (unnormalised)   [R, r, b]
@@ -208,12 +261,12 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
         u, more = _transformed_eigenvectors(W, c_b, k, solver, tol, tau, backend)
         applications += more
         z = scale[:, :, None] * (K.transpose(1, 2) @ u if row_form else u)
-        eigenvalues, z, Bz, Az = _pencil_rayleigh_ritz(basis, weights, K, scale, z, c_f, c_b, a, k)
+        eigenvalues, z, Bz, Az = _pencil_rayleigh_ritz(basis, weights, K, scale, z, c_f, c_b, a, k, reduce)
     else:
         z = z[:, :, :k].transpose(1, 2)
         z = z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # [R, k, r]
         # B z = D_a⁻¹ K̃ᵀ K̃ D_a⁻¹ z from K̃ alone; A z = (Σ − B) z is exact enough here.
-        Bz = (K.transpose(1, 2) @ (K @ (z / scale[:, None, :]).transpose(1, 2))).transpose(1, 2) / scale[:, None, :]
+        Bz = _foreground_products(K, scale, z.transpose(1, 2), reduce).transpose(1, 2)
         Az = basis.sigma.to(dtype)[None, None, :] * z - Bz
     directions = canonical_directions(z @ basis.V.transpose(0, 1))  # [R, k, d]
     sign = torch.sign(((directions @ basis.V) * z).sum(-1, keepdim=True))  # the sign canonicalisation applied
@@ -229,14 +282,15 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
 
 def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize: str, solver: str = "auto",
                tol: Optional[float] = None, memory_budget: Optional[int] = None,
-               progress: Optional[bool] = None, backend: str = "torch") -> Solution:
+               progress: Optional[bool] = None, backend: str = "torch", reduce: Reduce = None) -> Solution:
     """Top-k directions for every region of ``regions`` (complement backgrounds only) from a :class:`BulkBasis`.
 
-    Regions are processed in chunks whose padded operands fit ``memory_budget`` bytes (default: a quarter of the
-    free GPU memory, or 512 MiB on the CPU); regions are sorted by size first so a chunk pads little. ``solver``: "dense" (eigh of the small matrix), "iterative" (subspace
-    iteration), or "auto" (dense when the small matrix has at most 32 rows, 256 on the CPU, 512 with the "cuda"
-    backend's batched eigensolver, else iterative). ``backend``: "torch" or "cuda" (the extension's batched Xsyev
-    for the dense small eigenproblems)."""
+    Regions are processed in chunks whose padded operands fit ``memory_budget`` bytes (default: a quarter of the free
+    GPU memory, or 512 MiB on the CPU); regions are sorted by size first so a chunk pads little. ``solver``: "dense"
+    (eigh of the small matrix), "iterative" (subspace iteration), or "auto" (dense when the small matrix has at most 32
+    rows, 256 on the CPU, 512 with the "cuda" backend's batched eigensolver, else iterative). ``backend``: "torch" or
+    "cuda" (the extension's batched Xsyev for the dense small eigenproblems). ``reduce``: see the module docstring (rows
+    split across processes; then ``memory_budget`` must be the same on every process, so all cut the same chunks)."""
     check(regions.background is None, "background",
           "None for the bulk path (it needs complement backgrounds; use the general path for explicit ones)")
     weights = regions.foreground.to(basis.JV.device)
@@ -245,8 +299,8 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
         if weights.device.type == "cuda":
             memory_budget = torch.cuda.mem_get_info(weights.device)[0] // 4
     R = weights.shape[0]
-    P, r = basis.JV.shape
-    counts = (weights > 0).sum(dim=1)
+    r = basis.JV.shape[1]
+    counts = _row_sum((weights > 0).sum(dim=1), reduce)  # [R] rows per region, over all processes
     order = torch.argsort(counts)
     itemsize = basis.JV.element_size()
     out_values = torch.empty(R, k, dtype=basis.JV.dtype, device=weights.device)
@@ -261,19 +315,19 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
         stop = start + 1
         while stop < R:  # grow the chunk while K̃ and W (padded to the largest region) fit the budget
             n = counts_sorted[stop]
-            m = min(n, r)
+            m = r if reduce is not None else min(n, r)
             if (stop + 1 - start) * (n * r + 3 * m * m) * itemsize > memory_budget:
                 break
             stop += 1
         index = order[start:stop]
         n_max = counts_sorted[stop - 1]
-        m = min(n_max, r)
+        m = r if reduce is not None else min(n_max, r)
         chunk_solver = solver
         if solver == "auto":  # torch's batched dense eigh loops over the batch on GPUs above 32 rows
             dense_max = 256 if weights.device.type == "cpu" else (512 if backend == "cuda" else 32)
             chunk_solver = "dense" if m <= max(dense_max, 2 * k) else "iterative"
         values, directions, residuals, bound, its = _solve_chunk(basis, weights[index], k, tau, normalize,
-                                                                 chunk_solver, tol, backend)
+                                                                 chunk_solver, tol, backend, reduce)
         out_values[index], out_directions[index], out_residuals[index] = values, directions, residuals
         out_bound[index] = bound.to(out_bound.device)
         iterations.append(its)

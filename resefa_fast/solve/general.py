@@ -13,6 +13,7 @@ cancels when the background energy is small), then one of two routes to the top-
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -56,13 +57,17 @@ def _topk_of_operator(apply, size: int, k: int, dtype, device, tol):
     return values, vectors, its
 
 
-def _region_matrices(J, foreground, background, tau, normalize, dtype):
+def _region_matrices(J, foreground, background, tau, normalize, dtype, reduce=None):
     """``(M_f, M_b, a, c_f)`` for one region, in ``dtype``. A is built from the background rows themselves, never as
     ``JᵀJ − B``: when the background energy is tiny next to the foreground's, that difference would cancel the
-    digits λ depends on."""
-    B = masked_grams(J, foreground[None], dtype=dtype)[0][0]
-    A = masked_grams(J, background[None], dtype=dtype)[0][0]
-    c_f, c_b = scale_constants(foreground.sum().to(dtype), background.sum().to(dtype), normalize)
+    digits λ depends on. ``reduce``: completes the sums over rows held by other processes (see ``solve_general``)."""
+    grams = masked_grams(J, torch.stack([foreground, background]), dtype=dtype)[0]  # [B, A]
+    sums = torch.stack([foreground.sum(), background.sum()]).to(dtype)
+    if reduce is not None:
+        reduce(grams)
+        reduce(sums)
+    B, A = grams
+    c_f, c_b = scale_constants(sums[0], sums[1], normalize)
     M_f = c_f * B
     M_b = c_b * A
     a = tau * torch.diagonal(M_b).sum()
@@ -116,18 +121,23 @@ def solve_general(
     tol: Optional[float] = None,
     woodbury_eps: float = 1e-7,
     dtype: torch.dtype = torch.float64,
+    reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> Solution:
     """Top-k directions of each region, one region at a time. ``jacobian`` ``[P, d]`` (any float dtype); Grams,
-    factorisations and eigensolvers run in ``dtype``."""
+    factorisations and eigensolvers run in ``dtype``.
+
+    ``reduce``: when the rows of J are split across processes (``jacobian`` and ``regions`` then hold this
+    process's rows), an in-place sum over the processes, applied to the masked Grams and weight sums; every
+    process then solves the same d×d pencil (the foreground-rows shortcut below needs all rows, so it is skipped)."""
     J = jacobian
     background = regions.background_weights(dtype)
     foreground = regions.foreground.to(dtype)
     out_values, out_vectors, out_residuals, iterations = [], [], [], []
     info = {"path": "general", "method": method, "ops": "torch", "dtype": str(dtype).replace("torch.", "")}
     for r in range(len(regions)):
-        M_f, M_b, a, c_f = _region_matrices(J, foreground[r], background[r], tau, normalize, dtype)
+        M_f, M_b, a, c_f = _region_matrices(J, foreground[r], background[r], tau, normalize, dtype, reduce)
         rows = torch.nonzero(foreground[r]).flatten()
-        if method == "cholesky" and rows.numel() < J.shape[1]:
+        if method == "cholesky" and reduce is None and rows.numel() < J.shape[1]:
             # M_f = c_f J_fᵀ diag(m) J_f has rank <= n_f < d: with F = L⁻¹ (√m J_f)ᵀ [d, n_f], the nonzero
             # eigenvalues of L⁻¹ M_f L⁻ᵀ = c_f F Fᵀ are those of c_f FᵀF [n_f, n_f], eigenvectors y = F u.
             L = cholesky_checked(M_b, tau, J.dtype)
