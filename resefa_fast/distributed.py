@@ -309,20 +309,85 @@ def factorize_pixel_sharded(jacobian_rows: torch.Tensor, row_range: Union[Tuple[
     return factorizer.factorize_many(region, k=k, background=background, progress=False, method=method)
 
 
+def directions_pixel_sharded(args) -> int:
+    """``resefa-fast directions ... --pixel-shard`` under torchrun: each rank reads only its rows of each latent code
+    from the memory-mapped ``.npy`` (so no process holds a whole Jacobian) and the ranks solve together
+    (:func:`factorize_pixel_sharded`; with ``--latents stack`` the rows of all latent codes are split). Rank 0 writes
+    the same ``.npz`` as ``resefa-fast directions``."""
+    import numpy as np
+
+    from .cli import _grid, parse_region
+    from .inputs import _parse_single
+    from .store import write_atomic
+
+    check(str(args.jacobian).endswith(".npy") and os.path.isfile(args.jacobian), "jacobian",
+          "an existing .npy file with --pixel-shard (its rows are read memory-mapped)", repr(args.jacobian))
+    array = np.load(args.jacobian, mmap_mode="r")
+    shape = tuple(array.shape)
+    batched = len(shape) == 6 or (len(shape) == 5 and shape[3] == 1)  # as resefa_fast.inputs infers it
+    N = shape[0] if batched else 1
+    P, d, grid = _parse_single(shape[1:] if batched else shape, _grid(args))
+    rows_of_all = np.reshape(array, (N * P, d))  # a view of the map: nothing is read yet
+    rank, world = rank_and_world()
+    device = torch.device(args.device)
+    region = parse_region(args.region)
+    options = {"k": args.k, "tau": args.tau, "normalize": args.normalize}
+
+    def read(rows: slice) -> torch.Tensor:  # only these rows leave the disk
+        return torch.from_numpy(np.ascontiguousarray(rows_of_all[rows])).to(device)
+
+    if args.latents == "stack" and N > 1:  # one problem on N·P rows; the region's weights repeat on every image
+        weights = as_regions(region, grid, P, "cpu").foreground[0].repeat(N)  # [N·P]
+        rows = shard_rows(N * P, rank, world)
+        results = [factorize_pixel_sharded(read(rows), rows, weights, num_rows=N * P, **options)]
+    else:
+        rows = shard_rows(P, rank, world)
+        results = [factorize_pixel_sharded(read(slice(n * P + rows.start, n * P + rows.stop)), rows, region,
+                                           grid=grid, num_rows=P, **options) for n in range(N)]
+    if rank == 0:
+        keys = ("directions", "eigenvalues", "residuals")
+        arrays = {key: torch.stack([getattr(r, key) for r in results]).cpu().numpy() for key in keys}
+        if not (batched and args.latents == "per_image"):
+            arrays = {key: value[0] for key, value in arrays.items()}
+
+        def save(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        write_atomic(args.out, save)
+        values = arrays["eigenvalues"].reshape(-1, args.k)[0]
+        print(f"{args.region}: directions {list(arrays['directions'].shape)}, top eigenvalues "
+              f"{', '.join(f'{v:.4g}' for v in values[:4])}; max residual {arrays['residuals'].max():.1e}; "
+              f"path {results[0].info['path']}, pixel rows split over {world} ranks; wrote {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
-    """``torchrun ... -m resefa_fast.distributed mine ...``: the ``resefa-fast mine`` arguments, sharded."""
+    """``torchrun ... -m resefa_fast.distributed mine ...``: the ``resefa-fast mine`` arguments, latent codes
+    sharded; ``... directions ... --pixel-shard``: one Jacobian's pixel rows sharded (:func:`directions_pixel_sharded`).
+    """
     from .cli import build_parser, cmd_mine
     from .errors import ResefaError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pixel_shard = "--pixel-shard" in argv
+    argv = [a for a in argv if a != "--pixel-shard"]
     parser = build_parser()
     args = parser.parse_args(argv)
-    check(args.command == "mine", "command", "'mine' (the sharded subcommand)", args.command)
+    if pixel_shard:
+        check(args.command == "directions", "--pixel-shard", "the 'directions' subcommand (latent codes, not "
+              "pixels, are what 'mine' shards)", args.command)
+    else:
+        check(args.command == "mine", "command", "'mine' (or 'directions ... --pixel-shard')", args.command)
     device = local_device()
+    if args.device == "cpu":
+        device = torch.device("cpu")
     if "WORLD_SIZE" in os.environ and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank, world = rank_and_world()
-    args.device = args.device or str(device)
+    args.device = str(device) if pixel_shard else (args.device or str(device))
     try:
+        if pixel_shard:
+            return directions_pixel_sharded(args)
         code = cmd_mine(args, shard=(rank, world))
         if world > 1:
             dist.barrier()
@@ -332,7 +397,7 @@ def main(argv=None) -> int:
                 load_results(args.out).export_original(args.export_original)
         return code
     except ResefaError as error:
-        print(f"resefa-fast mine (rank {rank}): error: {error}", file=sys.stderr)
+        print(f"resefa-fast {args.command} (rank {rank}): error: {error}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():

@@ -214,3 +214,30 @@ def test_a_dead_rank_leaves_a_store_that_a_rerun_completes(latent_file, tmp_path
     done = _torchrun(args, world=2)  # the rerun does only what is missing
     assert done.returncode == 0, done.stderr[-2000:]
     assert rf.load_results(str(store)).latents == list(range(7))
+
+
+@pytest.mark.parametrize("latents", ["per_image", "stack"])
+def test_torchrun_pixel_sharded_directions_equal_one_process(tmp_path, latents):
+    """``torchrun -m resefa_fast.distributed directions ... --pixel-shard``: 2 ranks each read their rows of the
+    memory-mapped original-layout file; the .npz equals ``resefa-fast directions`` on one process."""
+    path = tmp_path / "J.npy"
+    np.save(path, torch.stack([_pixel_jacobian(), random_jacobian(GRID, 40, rank=20, seed=6)]).reshape(
+        2, *GRID, 1, 40).numpy())
+    args = ["directions", path, "--region", "14,10,12,8", "--k", "4", "--latents", latents]
+    done = _torchrun(args + ["--out", tmp_path / "sharded.npz", "--pixel-shard"], world=2)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pixel rows split over 2 ranks" in done.stdout
+    assert cli.main([str(a) for a in args] + ["--out", str(tmp_path / "one.npz")]) == 0
+    sharded, one = np.load(tmp_path / "sharded.npz"), np.load(tmp_path / "one.npz")
+    assert sharded["directions"].shape == one["directions"].shape == ((2, 4, 40) if latents == "per_image"
+                                                                      else (4, 40))
+    ref = rf.factorize(torch.from_numpy(np.load(path)), (14, 10, 12, 8), k=5, latents=latents, backend="reference")
+    values, directions = torch.from_numpy(sharded["eigenvalues"]), torch.from_numpy(sharded["directions"])
+    for n in range(values.reshape(-1, 4).shape[0]):
+        ref_values = ref.eigenvalues.reshape(-1, 5)[n]
+        assert_matches_reference(values.reshape(-1, 4)[n], directions.reshape(-1, 4, 40)[n], ref_values[:4],
+                                 ref.directions.reshape(-1, 5, 40)[n, :4], torch.float64, ref_values[4])
+        assert_matches_reference(values.reshape(-1, 4)[n], directions.reshape(-1, 4, 40)[n],
+                                 torch.from_numpy(one["eigenvalues"]).reshape(-1, 4)[n],
+                                 torch.from_numpy(one["directions"]).reshape(-1, 4, 40)[n], torch.float64,
+                                 ref_values[4])

@@ -81,6 +81,26 @@ def test_torchrun_example_runs_with_two_processes(tmp_path):
     assert results.latents == [0, 1, 2] and results.names == ["eyes", "nose"]
 
 
+def test_torchrun_pixel_shard_example_runs(tmp_path):
+    """The README's --pixel-shard line, with 2 processes instead of 8, equals `resefa-fast directions`."""
+    import shlex
+
+    line = next(line for line in README.splitlines() if line.startswith("torchrun ") and "--pixel-shard" in line)
+    words = shlex.split(line)
+    assert words[1] == "--nproc_per_node=8"
+    J = torch.stack([random_jacobian((256, 256), 12, rank=8, seed=s) for s in range(2)])
+    np.save(tmp_path / "jacobians.npy", J.reshape(2, 256, 256, 1, 12).numpy())
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
+               "--rdzv_endpoint=127.0.0.1:0"] + words[2:] + ["--k", "4"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=dict(ENV, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))
+    assert done.returncode == 0, done.stderr[-2000:]
+    sharded = np.load(tmp_path / "eyes.npz")
+    one = resefa_fast.factorize(J.reshape(2, 256, 256, 1, 12), "eyes", k=4)
+    assert sharded["directions"].shape == (2, 4, 12)
+    np.testing.assert_allclose(sharded["eigenvalues"], one.eigenvalues.numpy(), rtol=1e-10)
+
+
 def test_jacobian_example_runs():
     """The README's Jacobian line, with a small generator of the engine's stage protocol as G."""
     from resefa_fast.jacobian.toy import ToyGenerator
