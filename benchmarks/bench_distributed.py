@@ -6,11 +6,13 @@ For each world size N in --worlds (each a fresh process group: NCCL, one GPU per
   local SYRK + all-reduce of the ``[d, d]`` result), timed whole and split into compute and all-reduce.
   *weak* scaling: every rank holds --gram-rows rows (the Jacobian grows with N: the case of a J too large for one
   GPU); *strong*: --gram-rows rows in all, split over the ranks. Rate: rows/s; efficiency = rate_N / (N · rate_1).
-- **Mining** (strong scaling): one ``[P, d]`` Jacobian (P = grid², --mine-dim) split over the ranks, the sharded
-  bulk precompute (:class:`~resefa_fast.distributed.PixelShardedFactorizer`: JᵀJ all-reduced, eigh on rank 0,
-  V broadcast, local rows of JV), then --regions face-part-sized boxes (``factorize_many``). Rate: regions/s;
-  efficiency against the one-process :class:`resefa_fast.Factorizer` (which may use the row form K̃K̃ᵀ, not
-  available to sharded rows) and against the sharded path on one process.
+- **Mining, latent codes sharded** (issue 10 item 1's :func:`~resefa_fast.distributed.mine`, weak scaling):
+  --latents-per-rank codes on every rank, each mined by a one-process Factorizer. Rate: latent codes/s.
+- **Mining, pixel rows sharded** (strong scaling): one ``[P, d]`` Jacobian (P = grid², --mine-dim) split over the
+  ranks, the sharded bulk precompute (:class:`~resefa_fast.distributed.PixelShardedFactorizer`: JᵀJ all-reduced,
+  eigh on rank 0, V broadcast, local rows of JV), then --regions face-part-sized boxes (``factorize_many``). Rate:
+  regions/s; efficiency against the one-process :class:`resefa_fast.Factorizer` (which may use the row form K̃K̃ᵀ,
+  not available to sharded rows) and against the sharded path on one process.
 
 Before timing, every N checks its sharded masked Grams and its mined directions against one process (relative
 Gram error; eigenvalue rel. error and min |cos| where the relative eigengap is >= 1e-2). Times are the slowest
@@ -131,6 +133,21 @@ def mining_rows(args, world, rank, device):
     return table
 
 
+def latent_mining_rows(args, world, rank, device):
+    """Latent codes sharded over the ranks (the compute of :func:`resefa_fast.distributed.mine`, without the
+    store's file I/O): --latents-per-rank codes per rank, each a one-process Factorizer + ``factorize_many`` of
+    the boxes; nothing is communicated but the timing barriers. Rows on rank 0."""
+    grid, d, k = args.grid, args.mine_dim, args.k
+    boxes = random_boxes(args.regions, grid)
+    codes = [rank + world * i for i in range(args.latents_per_rank)]  # round-robin, as mine() shards them
+    jacobians = [random_jacobian((grid, grid), d, rank=30, noise=1e-3, seed=100 + n, device=device) for n in codes]
+    seconds, _ = timed_collective(
+        lambda: [rf.Factorizer(J, grid=(grid, grid)).factorize_many(boxes, k=k) for J in jacobians], device, 1)
+    total = world * args.latents_per_rank
+    return [{"what": "latent mining", "world": world, "d": d, "P": grid * grid, "regions": args.regions,
+             "latents": total, "seconds": seconds, "rate": total / seconds, "unit": "latents/s"}]
+
+
 def run_world(rank, world, args, init_method, out_path):
     """One rank of one world size: both benchmarks; rank 0 writes its rows to ``out_path`` (JSON)."""
     torch.set_num_threads(max(1, args.threads))
@@ -153,6 +170,12 @@ def run_world(rank, world, args, init_method, out_path):
                 r = rows[-1]
                 print(f"  N={world} gram {scaling:6s} {r['rows_total']:>8d} rows: {r['seconds'] * 1e3:9.2f} ms "
                       f"(compute {r['compute_s'] * 1e3:.2f}, all-reduce {r['allreduce_s'] * 1e3:.2f})", flush=True)
+        if args.regions > 0 and args.latents_per_rank > 0:
+            rows += latent_mining_rows(args, world, rank, device)
+            if rank == 0:
+                r = rows[-1]
+                print(f"  N={world} latent-sharded mining {r['latents']} latent codes: {r['seconds']:.3f} s",
+                      flush=True)
         if args.regions > 0:
             rows += mining_rows(args, world, rank, device)
             if rank == 0:
@@ -180,7 +203,10 @@ def efficiencies(rows):
         return found[0] if found else None
 
     for r in rows:
-        if r["what"] == "gram":
+        if r["what"] == "latent mining":
+            one = rate_of(lambda o: o["what"] == "latent mining" and o["world"] == 1)
+            r["efficiency"] = r["rate"] / (r["world"] * one) if one else None
+        elif r["what"] == "gram":
             one = rate_of(lambda o: o["what"] == "gram" and o["scaling"] == r["scaling"] and o["world"] == 1)
             r["efficiency"] = r["rate"] / (r["world"] * one) if one else None
         elif r.get("step") == "sharded regions":
@@ -206,7 +232,14 @@ def markdown(rows, meta):
                          f"{r['seconds'] * 1e3:.1f} ms | {r['compute_s'] * 1e3:.1f} ms | "
                          f"{r['allreduce_s'] * 1e3:.1f} ms | {r['rate']:.3g} | {r['tflops']:.2f} | "
                          f"{pct(r.get('efficiency'))} |")
-    lines += ["", "Mining (pixel-sharded bulk path, strong scaling):", "",
+    lines += ["", "Mining, latent codes sharded (weak scaling: latent codes per rank fixed; no file I/O):", "",
+              "| N | d | P | regions | latent codes | time | latent codes/s | efficiency |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["what"] == "latent mining":
+            lines.append(f"| {r['world']} | {r['d']} | {r['P']} | {r['regions']} | {r['latents']} | "
+                         f"{r['seconds']:.3f} s | {r['rate']:.2f} | {pct(r.get('efficiency'))} |")
+    lines += ["", "Mining, one Jacobian's pixel rows sharded (bulk path, strong scaling):", "",
               "| N | step | d | P | regions | time | regions/s | efficiency (vs sharded N=1) | "
               "efficiency (vs one-process Factorizer) | Gram rel. err | eig. rel. err | min \\|cos\\| |",
               "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -232,6 +265,8 @@ def main(argv=None):
     parser.add_argument("--grid", type=int, default=256, help="mining: H = W of the Jacobian's grid (P = grid²)")
     parser.add_argument("--mine-dim", type=int, default=512)
     parser.add_argument("--regions", type=int, default=1000, help="mining: boxes per run (0: no mining)")
+    parser.add_argument("--latents-per-rank", type=int, default=4,
+                        help="latent-sharded mining: latent codes per rank (0: skip)")
     parser.add_argument("--check-regions", type=int, default=32, help="regions checked against one process")
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
@@ -242,7 +277,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.small:  # CPU-sized defaults; options given explicitly win
         small = {"device": "cpu", "gram_rows": 4096, "gram_dim": 256, "grid": 48, "mine_dim": 32, "regions": 64,
-                 "k": 8, "worlds": [1, 2]}
+                 "k": 8, "worlds": [1, 2], "latents_per_rank": 2}
         for name, value in small.items():
             if getattr(args, name) == parser.get_default(name):
                 setattr(args, name, value)

@@ -10,10 +10,13 @@ import bench_distributed  # noqa: E402
 def test_bench_distributed_small_runs(tmp_path, capsys):
     path = str(tmp_path / "bench.json")
     bench_distributed.main(["--small", "--worlds", "1", "2", "--regions", "24", "--gram-rows", "1024",
-                            "--repeats", "1", "--threads", "1", "--json", path])
+                            "--latents-per-rank", "2", "--repeats", "1", "--threads", "1", "--json", path])
     report = json.load(open(path))
     rows = report["rows"]
-    assert {(r["what"], r["world"]) for r in rows} == {("gram", 1), ("gram", 2), ("mining", 1), ("mining", 2)}
+    assert {(r["what"], r["world"]) for r in rows} == {(what, world) for what in ("gram", "latent mining", "mining")
+                                                       for world in (1, 2)}
+    latent = [r for r in rows if r["what"] == "latent mining"]
+    assert [r["latents"] for r in latent] == [2, 4] and latent[1]["efficiency"] > 0
     weak = [r for r in rows if r["what"] == "gram" and r["scaling"] == "weak"]
     assert [r["rows_total"] for r in weak] == [1024, 2048] and weak[0]["efficiency"] == 1.0
     sharded = [r for r in rows if r.get("step") == "sharded regions"]
