@@ -237,7 +237,7 @@ class PixelShardedFactorizer:
               f"None or an integer in [1, {self.dim}]", repr(rank))
         check(energy is None or (0 < energy <= 1), "energy", "None or a fraction in (0, 1]", repr(energy))
         self.tau, self.normalize, self.tol, self.truncation = tau, normalize, tol, (rank, energy)
-        self.memory_budget = _agreed_memory_budget(memory_budget, jacobian_rows.device)
+        self.memory_budget = memory_budget  # None: agreed over the ranks at each call, from the free memory then
         self._basis: Optional[BulkBasis] = None
         if precompute:
             self.basis  # noqa: B018 (collective: every rank builds its part now)
@@ -273,8 +273,9 @@ class PixelShardedFactorizer:
             method = _auto_method(full, self.dtype)
         if method == "bulk" and full.background is None:
             progress = bool(progress) and rank_and_world()[0] == 0
+            budget = _agreed_memory_budget(self.memory_budget, self.jacobian_rows.device)
             solution = solve_bulk(self.basis, local, k, tau, self.normalize, tol=self.tol, progress=progress,
-                                  memory_budget=self.memory_budget, backend=self.backend, reduce=all_reduce_sum)
+                                  memory_budget=budget, backend=self.backend, reduce=all_reduce_sum)
         else:
             solution = solve_general(self.jacobian_rows, local, k, tau, self.normalize,
                                      method="cholesky" if method == "bulk" else method, tol=self.tol,

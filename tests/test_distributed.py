@@ -146,6 +146,9 @@ def _channels_worker(rank, world, init_file, out_dir):
     run = {"truncated": factorizer.factorize_many(_soft_masks(), k=3)}
     flat = _soft_masks().reshape(3, 1, -1).expand(-1, 3, -1).reshape(3, -1)  # flat weights [R, P]: num_rows only
     run["flat"] = distributed.factorize_pixel_sharded(J[rows], rows, flat, k=3, num_rows=J.shape[0])
+    # one region per chunk: every rank must cut the same chunks (sizes from the all-reduced row counts)
+    run["chunked"] = distributed.PixelShardedFactorizer(J[rows], rows, (3, 16, 12), memory_budget=1).factorize_many(
+        _soft_masks(), k=3)
     try:  # blocks that overlap (and leave rows out) are refused on every rank, not silently summed
         distributed.factorize_pixel_sharded(J[:100], (0, 100), flat, k=3, num_rows=J.shape[0])
     except rf.ResefaError as error:
@@ -156,7 +159,8 @@ def _channels_worker(rank, world, init_file, out_dir):
 
 def test_pixel_sharded_channels_soft_masks_truncation(tmp_path):
     """2 ranks, a 3-channel Jacobian split inside a channel, soft masks, a truncated eigenbasis (equal to the
-    one-process Factorizer with the same rank), flat weights with ``num_rows``, and a bad row tiling."""
+    one-process Factorizer with the same rank), flat weights with ``num_rows``, one region per chunk, and a bad
+    row tiling."""
     mp.spawn(_channels_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     outputs = [torch.load(tmp_path / f"channels{r}.pt", weights_only=False) for r in range(2)]
     J = _channels_jacobian().reshape(3, 16, 12, 24)
@@ -166,13 +170,15 @@ def test_pixel_sharded_channels_soft_masks_truncation(tmp_path):
     ref = rf.factorize(J, masks, k=4, backend="reference")
     for out in outputs:
         assert "tile" in out["overlap_error"]
+        assert len(out["chunked"].info["applications"]) == 3  # one entry per chunk
         sharded = out["truncated"]
         assert torch.allclose(sharded.info["truncation_bound"], truncated.info["truncation_bound"], rtol=1e-10)
         for r in range(3):
             assert_matches_reference(sharded.eigenvalues[r], sharded.directions[r], truncated.eigenvalues[r],
                                      truncated.directions[r], torch.float64, ref.eigenvalues[r, 3])
-            assert_matches_reference(out["flat"].eigenvalues[r], out["flat"].directions[r], full.eigenvalues[r],
-                                     full.directions[r], torch.float64, ref.eigenvalues[r, 3])
+            for name in ("flat", "chunked"):
+                assert_matches_reference(out[name].eigenvalues[r], out[name].directions[r], full.eigenvalues[r],
+                                         full.directions[r], torch.float64, ref.eigenvalues[r, 3])
             assert_matches_reference(out["flat"].eigenvalues[r], out["flat"].directions[r], ref.eigenvalues[r, :3],
                                      ref.directions[r, :3], torch.float64, ref.eigenvalues[r, 3])
 
