@@ -15,3 +15,12 @@ from .stylegan2 import ARCHITECTURES, NOISE_MODES, StyleGAN2Generator
 
 __all__ = ["ARCHITECTURES", "CONFIGS", "Config", "FORMATS", "LoadedModel", "NOISE_MODES", "StyleGAN2Generator",
            "TINY", "build", "config", "infer_kwargs", "load", "random_stylegan2", "save"]
+
+# BigGAN (biggan.py, biggan_loaders.py): its reader joins models.load through loaders.FAMILY_READERS
+from . import loaders as _loaders  # noqa: E402
+from .biggan import BIGGAN_CONFIGS, BigGANDeepGenerator, BigGANGenerator, build_biggan, random_biggan  # noqa: E402
+from .biggan_loaders import read_biggan, save_biggan  # noqa: E402
+
+if read_biggan not in _loaders.FAMILY_READERS:
+    _loaders.FAMILY_READERS.append(read_biggan)
+__all__ += ["BIGGAN_CONFIGS", "BigGANDeepGenerator", "BigGANGenerator", "build_biggan", "random_biggan", "save_biggan"]
