@@ -1,7 +1,11 @@
 """``resefa-fast``: the command line. Each subcommand's ``--help`` explains it.
 
-    resefa-fast directions J.npy --region eyes --k 16 --out eyes.npz
-    resefa-fast mine J.npy --regions eyes,nose,mouth --boxes boxes.txt --box-grid 16,32,64 --out store/
+    resefa-fast demo                                                   # the main job on the built-in model
+    resefa-fast jacobian G.pkl --seeds 0-9 --space w --out J/          # checkpoint -> Jacobian store
+    resefa-fast directions J/ --region eyes --k 16 --out eyes.npz      # one region
+    resefa-fast mine G.pkl --seeds 0-9 --regions eyes,nose,mouth --box-grid 16,32,64 --out store/
+    resefa-fast edit G.pkl --store store/ --region eyes --out edits/   # PNG grids and GIFs
+    resefa-fast report store/                                          # store/report.html
 
 Bad input exits with status 2 and one line naming the argument; nothing half-written is left behind.
 """
@@ -57,8 +61,9 @@ def box_grid(sizes: List[int], stride_fraction: float, size_hw) -> List[Box]:
     return boxes
 
 
-def _common(parser):
-    parser.add_argument("jacobian", help="Jacobian .npy file (any layout; the original's [N, H, W, 1, d] works)")
+def _common(parser, source_help="Jacobian .npy file (any layout; the original's [N, H, W, 1, d] works) or a "
+                                 "Jacobian store directory (resefa-fast jacobian)"):
+    parser.add_argument("jacobian", help=source_help)
     parser.add_argument("--k", type=int, default=16, help="directions per region (default 16)")
     parser.add_argument("--tau", type=float, default=1e-3, help="regularisation τ of eq. 10 (default 1e-3)")
     parser.add_argument("--normalize", choices=("mean", "sum"), default="mean",
@@ -69,6 +74,52 @@ def _common(parser):
 
 def _grid(args):
     return None if args.grid is None else tuple(int(v) for v in args.grid.split(","))
+
+
+def _model_options(parser, seeds_required=False):
+    """Where the latent codes come from, and which Jacobian of the model is taken."""
+    group = parser.add_argument_group("latent codes and Jacobian (when the source is a model)")
+    group.add_argument("--seeds", default=None, required=seeds_required and False,
+                       help="seeds of the z codes, e.g. 0-9,42 (z = np.random.RandomState(seed).randn(z_dim))")
+    group.add_argument("--latents", default=None, help=".npy file of latent codes (instead of --seeds)")
+    group.add_argument("--latent-kind", choices=("z", "w", "wp"), default="z",
+                       help="what --latents holds: z [N, z_dim] (the original scripts), w [N, w_dim] or W+ "
+                            "[N, num_ws, w_dim]")
+    group.add_argument("--truncation-psi", type=float, default=1.0, help="truncation ψ of z/w codes (default 1)")
+    group.add_argument("--space", choices=("w", "wp"), default="w",
+                       help="Jacobian w.r.t. w (one w on all layers, as the original; d = w_dim) or W+ "
+                            "(d = num_ws·w_dim)")
+    group.add_argument("--readout", default="original",
+                       help="pixels analysed: original (as the original code: nearest resize to 256, channel sum "
+                            "above 256), original:SIZE, area:SIZE[:rgb|sum|gray], rgb, gray, sum")
+    group.add_argument("--precision", choices=("float32", "tf32", "bf16"), default="float32",
+                       help="arithmetic of the Jacobian's forward passes (default float32: tf32 off)")
+
+
+def _codes(args):
+    """``(seeds, latents array)`` from --seeds / --latents (exactly one)."""
+    from .pipeline import parse_seeds
+
+    check((args.seeds is None) != (args.latents is None), "--seeds", "either --seeds or --latents",
+          "both" if args.seeds else "neither")
+    if args.seeds is not None:
+        return parse_seeds(args.seeds), None
+    check(os.path.isfile(args.latents), "--latents", "an existing .npy file", repr(args.latents))
+    return None, np.load(args.latents)
+
+
+def cmd_jacobian(args) -> int:
+    from .pipeline import open_model, write_jacobian_store
+
+    model = open_model(args.model, args.device)
+    seeds, codes = _codes(args)
+    ws = model.latents(seeds or (), codes=codes, kind=args.latent_kind, truncation_psi=args.truncation_psi)
+    manifest = write_jacobian_store(model, ws, args.out, space=args.space, readout=args.readout, seeds=seeds,
+                                    precision=args.precision, progress=not args.quiet,
+                                    settings={"truncation_psi": args.truncation_psi, "latents": args.latents,
+                                              "latent_kind": args.latent_kind})
+    print(f"Jacobians {manifest['shape']} of {model.spec} ({args.space}, readout {args.readout}) in {args.out}")
+    return 0
 
 
 def cmd_directions(args) -> int:
@@ -95,7 +146,7 @@ def cmd_directions(args) -> int:
 
 
 def cmd_mine(args, shard=(0, 1)) -> int:
-    from .mining import first_latent, mine, open_jacobian
+    from .mining import _is_model, first_latent, mine, open_jacobian
 
     regions = list(args.regions.split(",")) if args.regions else []
     regions += [parse_region(box) for box in args.box or []]
@@ -105,19 +156,144 @@ def cmd_mine(args, shard=(0, 1)) -> int:
         files = sorted(glob.glob(os.path.join(args.masks, "*.png")) + glob.glob(os.path.join(args.masks, "*.npy")))
         check(len(files) > 0, "--masks", "a folder with .png or .npy masks", repr(args.masks))
         regions += files
+    from_model = _is_model(args.jacobian)
     if args.box_grid:
-        grid = first_latent(open_jacobian(args.jacobian)[0], grid=_grid(args))[2].grid
+        if from_model:
+            from .pipeline import open_model, parse_readout
+            model = open_model(args.jacobian, args.device)
+            with torch.no_grad():
+                grid = tuple(parse_readout(args.readout)(model.synthesize(model.latents([0]))).shape[1:])
+        else:
+            grid = first_latent(open_jacobian(args.jacobian)[0], grid=_grid(args))[2].grid
         check(grid is not None, "--box-grid", "a Jacobian with a pixel grid (or --grid H,W)")
         regions += box_grid([int(s) for s in args.box_grid.split(",")], args.stride, grid[1:])
     check(len(regions) > 0, "--regions", "at least one region (--regions, --box, --boxes, --masks or --box-grid)")
+    extra = {}
+    if from_model:
+        seeds, codes = _codes(args)
+        extra = dict(seeds=seeds, latents=codes, latent_kind=args.latent_kind, truncation_psi=args.truncation_psi,
+                     space=args.space, readout=args.readout, precision=args.precision)
+    else:
+        check(args.seeds is None and args.latents is None, "--seeds", "no --seeds / --latents when the source is a "
+              "stored Jacobian (its latent codes are fixed)", args.seeds or args.latents)
     results = mine(args.jacobian, regions, out=args.out, k=args.k, tau=args.tau, normalize=args.normalize,
-                   grid=_grid(args), device=args.device, progress=not args.quiet and shard[0] == 0, shard=shard)
+                   grid=_grid(args), device=args.device, progress=not args.quiet and shard[0] == 0, shard=shard,
+                   locality_top=args.locality_top, locality_strengths=_floats(args.strengths, "--strengths"),
+                   **extra)
     if shard[0] == 0:
         print(f"{len(results.names)} regions x {len(results.latents)} latent codes in {args.out}")
     if args.export_original and shard[1] == 1:
         written = results.export_original(args.export_original)
         print(f"wrote {len(written)} files in the original layout to {args.export_original}")
     return 0
+
+
+def _floats(text: str, argument: str) -> List[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ResefaError(f"`{argument}` must be comma-separated numbers; got {text!r}") from None
+
+
+def _ints(text: str, argument: str) -> List[int]:
+    from .pipeline import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ResefaError:
+        raise ResefaError(f"`{argument}` must be comma-separated ints or ranges like 4-7; got {text!r}") from None
+
+
+def cmd_edit(args) -> int:
+    from .editing import edit, strengths_between
+    from .pipeline import open_model
+    from .regions import as_regions
+    from .visualize import draw_region, grid_image, save_gif, save_png, to_uint8
+
+    model = open_model(args.model, args.device)
+    directions, region, names = _directions_for_edit(args, model)
+    if args.seeds is not None or args.latents is not None:
+        seeds, codes = _codes(args)
+        ws = model.latents(seeds or (), codes=codes, kind=args.latent_kind, truncation_psi=args.truncation_psi)
+        labels = [f"seed{s}" for s in seeds] if seeds else [f"latent{i}" for i in range(ws.shape[0])]
+    else:
+        from .store import load_results
+        check(args.store is not None, "--seeds", "--seeds or --latents (or --store, whose codes are used)", None)
+        results = load_results(args.store)
+        ws = torch.as_tensor(results.codes()[results.latents]).to(model.device)
+        labels = [f"latent{n}" for n in results.latents]
+    chosen = _ints(args.directions, "--directions")
+    check(all(i < directions.shape[-2] for i in chosen), "--directions",
+          f"indices below the {directions.shape[-2]} directions available", args.directions)
+    strengths = strengths_between(args.start, args.end, args.steps)
+    layers = _ints(args.layers, "--layers") if args.layers else None
+    R = model.resolution
+    mask = None
+    if region is not None:
+        mask = as_regions(region, (1, R, R), R * R, "cpu").foreground[0].reshape(R, R)
+    os.makedirs(args.out, exist_ok=True)
+    written = []
+    for n, label in enumerate(labels):
+        rows = directions[n] if directions.ndim == 3 else directions
+        images = draw_region(to_uint8(edit(model, ws[n], rows[chosen], strengths, layers)), mask)
+        path = os.path.join(args.out, f"{label}_{names}.png")
+        save_png(path, grid_image(images))
+        written.append(path)
+        for row, index in enumerate(chosen):
+            path = os.path.join(args.out, f"{label}_{names}_direction{index:03d}.gif")
+            save_gif(path, list(images[row]))
+            written.append(path)
+    print(f"wrote {len(written)} files ({len(labels)} latent codes x {len(chosen)} directions, strengths "
+          f"{args.start:g}..{args.end:g} in {args.steps} steps) to {args.out}")
+    return 0
+
+
+def _directions_for_edit(args, model):
+    """``(directions [k, d] or [N, k, d], region for drawing or None, a name for the files)``."""
+    from .regions import preset
+
+    if args.store is not None:
+        from .store import load_results
+        results = load_results(args.store)
+        check(args.region is not None, "--region", f"a region of the store ({', '.join(results.names[:20])})", None)
+        check(args.region in results.names, "--region", f"a region of the store ({', '.join(results.names[:20])}"
+              f"{' ...' if len(results.names) > 20 else ''})", repr(args.region))
+        r = results.names.index(args.region)
+        directions = np.stack([results.get(n)["directions"][r] for n in results.latents])  # [N, k, d]
+        if args.seeds is not None or args.latents is not None:
+            directions = directions[0]  # the first latent code's directions, applied to other codes
+        mask = torch.as_tensor(results.regions()[r])
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in args.region)
+        return directions, mask, safe
+    check(args.directions_file is not None, "--store", "--store or --directions-file", None)
+    path = args.directions_file
+    check(os.path.isfile(path), "--directions-file", "an existing .npy or .npz file", repr(path))
+    data = np.load(path)
+    directions = data["directions"] if isinstance(data, np.lib.npyio.NpzFile) else data
+    check(directions.ndim == 2, "--directions-file", "directions [k, d] (rows; the original's [d, d] works)",
+          directions.shape)
+    region = None
+    if args.region is not None:
+        region = parse_region(args.region)
+        region = preset(region) if isinstance(region, str) and not os.path.isfile(region) else region
+    return directions, region, os.path.splitext(os.path.basename(path))[0]
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    out = args.out or os.path.join(args.store, "report.html")
+    write_report(args.store, out, model=args.model, latent=args.latent, top=args.top,
+                 strengths=_floats(args.strengths, "--strengths") if args.strengths else None,
+                 max_regions=args.max_regions, progress=not args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(out=args.out, model=args.model, device=args.device, quiet=args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,10 +310,38 @@ def build_parser() -> argparse.ArgumentParser:
     directions.add_argument("--out", required=True, help="output .npz (directions, eigenvalues, residuals)")
     directions.set_defaults(run=cmd_directions)
 
-    mine = commands.add_parser("mine", help="many regions x all latent codes of a stored Jacobian -> store",
+    demo = commands.add_parser("demo", help="the main job on the built-in model: Jacobian, mining, edits, report",
+                               description="Computes Jacobians of the built-in model, mines directions for its part "
+                                           "regions, writes edits (PNG/GIF) and the HTML report, and prints where "
+                                           "they are. No arguments needed, no downloads.")
+    demo.add_argument("--out", default="resefa_demo", help="output folder (default ./resefa_demo)")
+    demo.add_argument("--model", default=None, help="another model than the built-in one (checkpoint path)")
+    demo.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(run=cmd_demo)
+
+    jac = commands.add_parser("jacobian", help="checkpoint + seeds or a latent file -> Jacobian store",
+                              description="Forward-mode Jacobians of a generator at latent codes, stored as the "
+                                          "original code's jacobians .npy layout plus the codes and a manifest.")
+    jac.add_argument("model", help="checkpoint (NVIDIA .pkl, rosinality .pt, Hammer/genforce .pth, resefa_fast) or "
+                                   "builtin:NAME")
+    _model_options(jac)
+    jac.add_argument("--out", required=True, help="Jacobian store directory")
+    jac.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    jac.add_argument("--quiet", action="store_true", help="no progress bar")
+    jac.set_defaults(run=cmd_jacobian)
+
+    mine = commands.add_parser("mine", help="many regions x many latent codes -> results store (resumable)",
                                description="Mine directions for many regions and every latent code into a "
-                                           "resumable results store (rerunning skips what is done).")
-    _common(mine)
+                                           "resumable results store (rerunning skips what is done). The source is "
+                                           "a stored Jacobian, a Jacobian store, or a model with --seeds/--latents "
+                                           "(each Jacobian computed on the device, used and dropped).")
+    _common(mine, "Jacobian .npy file, Jacobian store directory, or a model (checkpoint or builtin:NAME)")
+    _model_options(mine)
+    mine.add_argument("--locality-top", type=int, default=0,
+                      help="measure the in/out pixel change of finite edits for the top N directions of every "
+                           "region (needs the model; default 0)")
+    mine.add_argument("--strengths", default="-10,10", help="edit strengths of the locality measure")
     mine.add_argument("--regions", default=None, help="comma-separated preset names, e.g. eyes,nose,mouth")
     mine.add_argument("--box", action="append", help="one box cx,cy,h,w (repeatable)")
     mine.add_argument("--boxes", default=None, help="text file of boxes: 'cx cy h w [name]' per line")
@@ -149,6 +353,38 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also write each result in the original code's file layout to this folder")
     mine.add_argument("--quiet", action="store_true", help="no progress bar")
     mine.set_defaults(run=cmd_mine)
+
+    edit = commands.add_parser("edit", help="checkpoint + directions + seeds -> image grids (PNG) and GIFs",
+                               description="Edit latent codes along directions, as the original manipulate script: "
+                                           "one PNG grid per latent code (rows: directions, columns: strengths) "
+                                           "and one GIF per direction, the region outlined in red.")
+    edit.add_argument("model", help="checkpoint or builtin:NAME")
+    edit.add_argument("--store", default=None, help="results store to take the directions (and codes) from")
+    edit.add_argument("--directions-file", default=None,
+                      help="directions .npy [k, d] (rows; the original's files work) or .npz with 'directions'")
+    edit.add_argument("--region", default=None, help="region name in the store, or a preset / box / mask to draw")
+    _model_options(edit)
+    edit.add_argument("--directions", default="0-2", help="which directions (indices, default 0-2)")
+    edit.add_argument("--layers", default=None, help="W+ rows to edit, e.g. 4-7 (default: all)")
+    edit.add_argument("--start", type=float, default=-10.0, help="smallest strength (default -10)")
+    edit.add_argument("--end", type=float, default=10.0, help="largest strength (default 10)")
+    edit.add_argument("--steps", type=int, default=7, help="strengths from start to end (default 7)")
+    edit.add_argument("--out", required=True, help="output folder")
+    edit.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    edit.set_defaults(run=cmd_edit)
+
+    report = commands.add_parser("report", help="results store -> one self-contained HTML page",
+                                 description="Per region: the mask, edit strips of the top directions, the "
+                                             "eigenvalue spectrum and the in/out change of each edit.")
+    report.add_argument("store", help="results store directory (mined from a model or a Jacobian store)")
+    report.add_argument("--out", default=None, help="HTML file (default STORE/report.html)")
+    report.add_argument("--model", default=None, help="model to render with (default: the store's)")
+    report.add_argument("--latent", type=int, default=None, help="stored latent code shown (default: first)")
+    report.add_argument("--top", type=int, default=3, help="directions shown per region (default 3)")
+    report.add_argument("--strengths", default=None, help="edit strengths, e.g. -10,-5,0,5,10 (default)")
+    report.add_argument("--max-regions", type=int, default=48, help="regions shown (default 48)")
+    report.add_argument("--quiet", action="store_true", help="no progress bar")
+    report.set_defaults(run=cmd_report)
     return parser
 
 

@@ -3,8 +3,12 @@
 Layout::
 
     store/
-      manifest.json          settings (τ, k, normalisation, ...), source (file, size, hash), region names, version
-      latent_00000.npz       directions [R, k, d], eigenvalues [R, k], residuals [R, k] for latent code 0
+      manifest.json          settings (τ, k, normalisation, ...), source (model / Jacobian file, size, hash, readout,
+                             space, seeds), region names, version
+      regions.npy            the region weights on the Jacobian's grid [R, H, W]
+      latents.npy            the W+ codes [N, num_ws, w_dim] (when the source knows them: a model or Jacobian store)
+      latent_00000.npz       directions [R, k, d], eigenvalues [R, k], residuals [R, k] for latent code 0, and
+                             locality_inside / locality_outside [R, top] when locality was measured
       latent_00001.npz       ...
 
 Every file is written to a temporary name in the same directory and renamed into place (``os.replace`` is atomic
@@ -14,6 +18,7 @@ A store made with other settings or from another source is refused, never mixed.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -25,6 +30,8 @@ import numpy as np
 from .errors import ResefaError
 
 MANIFEST = "manifest.json"
+LATENTS = "latents.npy"
+REGIONS = "regions.npy"
 FORMAT_VERSION = 1
 
 
@@ -41,6 +48,14 @@ def write_atomic(path: str, write: Callable[[str], None]) -> None:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """``data`` into ``path`` atomically."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    write_atomic(path, write)
 
 
 def file_fingerprint(path: str, chunk: int = 1 << 20) -> Dict:
@@ -86,11 +101,24 @@ class ResultsStore:
     def done(self, index: int) -> bool:
         return os.path.exists(os.path.join(self.path, latent_file(index)))
 
-    def write(self, index: int, directions: np.ndarray, eigenvalues: np.ndarray, residuals: np.ndarray) -> None:
+    def write(self, index: int, **arrays: np.ndarray) -> None:
+        """Latent code ``index``'s arrays (``directions``, ``eigenvalues``, ``residuals``, ...) in one file."""
         def save(tmp):
             with open(tmp, "wb") as f:
-                np.savez(f, directions=directions, eigenvalues=eigenvalues, residuals=residuals)
+                np.savez(f, **arrays)
         write_atomic(os.path.join(self.path, latent_file(index)), save)
+
+    def write_latents(self, ws: np.ndarray) -> None:
+        _write_array(os.path.join(self.path, LATENTS), ws)
+
+    def write_regions(self, weights: np.ndarray) -> None:
+        _write_array(os.path.join(self.path, REGIONS), weights)
+
+
+def _write_array(path: str, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_bytes(path, buffer.getvalue())
 
 
 def _write_json(path: str, data: Dict) -> None:
@@ -101,7 +129,9 @@ def _write_json(path: str, data: Dict) -> None:
 @dataclass
 class Results:
     """A store read back. ``manifest``; ``names`` (one per region); ``latents`` (indices stored);
-    ``get(n)`` -> dict of ``directions [R, k, d]``, ``eigenvalues [R, k]``, ``residuals [R, k]``."""
+    ``get(n)`` -> dict of ``directions [R, k, d]``, ``eigenvalues [R, k]``, ``residuals [R, k]`` (and
+    ``locality_inside`` / ``locality_outside`` ``[R, top]`` when measured); ``codes()`` the W+ codes, ``regions()``
+    the region weights."""
 
     path: str
     manifest: Dict
@@ -113,6 +143,18 @@ class Results:
             raise ResefaError(f"`index` must be a stored latent code ({self.latents[:10]}...); got {index}")
         with np.load(os.path.join(self.path, latent_file(index))) as data:
             return {key: data[key] for key in data.files}
+
+    def codes(self) -> np.ndarray:
+        """The W+ codes ``[N, num_ws, w_dim]`` the directions were mined at (stores made from a model)."""
+        path = os.path.join(self.path, LATENTS)
+        if not os.path.isfile(path):
+            raise ResefaError(f"{self.path!r} holds no latent codes: it was mined from a bare Jacobian; mine from a "
+                              "model or a Jacobian store to edit with its codes")
+        return np.load(path)
+
+    def regions(self) -> np.ndarray:
+        """Region weights ``[R, H, W]`` on the Jacobian's grid (``[R, P]`` when the grid is unknown)."""
+        return np.load(os.path.join(self.path, REGIONS))
 
     def export_original(self, directory: str, name: str = "resefa") -> List[str]:
         """Write every (latent, region) as the original code names it, ``image_{n:02d}_region_{region}_name_{name}

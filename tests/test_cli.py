@@ -69,7 +69,7 @@ def test_mine_all_region_sources_and_export(jacobian_file, tmp_path):
     exported = np.load(tmp_path / "original" / "image_01_region_mouth_name_resefa.npy")
     np.testing.assert_array_equal(exported, stored["directions"][1])
     manifest = json.loads((store / "manifest.json").read_text())
-    assert manifest["settings"]["k"] == 3 and manifest["source"]["size"] == os.path.getsize(jacobian_file)
+    assert manifest["settings"]["k"] == 3 and manifest["source"]["jacobian"]["size"] == os.path.getsize(jacobian_file)
 
 
 def test_mine_resumes_after_being_killed(tmp_path):
@@ -84,7 +84,8 @@ def test_mine_resumes_after_being_killed(tmp_path):
         time.sleep(0.05)
     process.kill()
     process.wait()
-    leftovers = [name for name in os.listdir(tmp_path / "a") if not name.endswith(".npz") and name != "manifest.json"]
+    leftovers = [name for name in os.listdir(tmp_path / "a")
+                 if not name.endswith(".npz") and name not in ("manifest.json", "regions.npy", "latents.npy")]
     partial = rf.load_results(str(tmp_path / "a")).latents
     assert len(partial) < 16, "the run finished before it could be interrupted"
     assert run_cli(*args, "--out", tmp_path / "a").returncode == 0  # resume

@@ -71,7 +71,7 @@ READOUTS = {
     "none": None,
     "rgb": readouts.rgb(),
     "original8": readouts.original(8),          # 16 -> 8: nearest downsample + channel sum
-    "original32": readouts.original(32),        # 16 -> 32: nearest upsample, RGB kept
+    "original32": readouts.original(32),        # 16 <= 32: the image as it is, RGB
     "area5x7": readouts.area((5, 7), "sum"),
     "crop-gray": readouts.compose(readouts.crop((3, 2, 9, 11)), readouts.grayscale()),
     "area-gray": readouts.area(8, "gray"),
@@ -116,8 +116,8 @@ def test_original_readout_is_the_original_formula():
     image = torch.randn(2, 3, 16, 16)
     big = readouts.original(8)(image)  # larger than the readout size: nearest resize, channel sum
     assert torch.equal(big, F.interpolate(image, scale_factor=8 / 16).sum(dim=1, keepdim=True))
-    small = readouts.original(32)(image)  # smaller: nearest resize, RGB kept
-    assert torch.equal(small, F.interpolate(image, scale_factor=32 / 16))
+    small = readouts.original(32)(image)  # not larger than the readout size: returned as it is (RGB, 16 x 16)
+    assert torch.equal(small, image)
     assert readouts.original()(torch.zeros(1, 3, 1024, 1024)).shape == (1, 1, 256, 256)
     assert readouts.original()(torch.zeros(1, 3, 256, 256)).shape == (1, 3, 256, 256)
     assert readouts.area(4, "rgb")(torch.ones(1, 3, 16, 16)).shape == (1, 3, 4, 4)
@@ -275,7 +275,7 @@ def test_host_and_preallocated_targets():
 
 @pytest.mark.parametrize("readout,layout,shape,buffer", [
     ("original8", "original", lambda N, d: (N, 8, 8, 1, d), None),
-    ("original32", "original", lambda N, d: (N, 3, 32, 32, 1, d), None),
+    ("original32", "original", lambda N, d: (N, 3, 16, 16, 1, d), None),
     ("rgb", "flat", lambda N, d: (N, 3 * 16 * 16, d), None),
     ("original8", "original", lambda N, d: (N, 8, 8, 1, d), 0),            # every block written at once
     ("original8", "original", lambda N, d: (N, 8, 8, 1, d), 4 * 64 * 20),  # flushed every 20+ columns

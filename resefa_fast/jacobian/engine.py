@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -20,6 +21,13 @@ from torch.func import jvp, vmap
 
 from ..errors import ResefaError, check
 from .readouts import output_grid
+
+# torch builds its forward-mode decompositions with torch.jit.script on first use and warns that jit is deprecated,
+# once per process, on every CLI run: a warning about torch internals the user cannot act on. Import them quietly.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    with contextlib.suppress(ImportError):
+        import torch._decomp.decompositions_for_jvp  # noqa: F401
 from .staged import first_stages, is_staged, primal_states, synthesize
 from .targets import make_target
 

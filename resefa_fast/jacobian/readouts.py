@@ -34,18 +34,16 @@ class Readout:
 
 
 def original(size: int = 256) -> Readout:
-    """The readout the original ReSeFa code differentiates (compute_jacobian.py): the image is resized with
-    ``F.interpolate(image, scale_factor=size / H)`` (nearest) and summed over channels *only when H > size*; an
-    image of at most ``size`` pixels keeps its RGB channels. ``[B, C, H, H] -> [B, 1, size, size]`` (H > size) or
-    ``[B, C, size, size]``."""
+    """The readout the original ReSeFa code differentiates (compute_jacobian.py ``syn2jaco``): *only when the image
+    is larger than* ``size`` it is resized with ``F.interpolate(image, scale_factor=size / W)`` (nearest) and summed
+    over channels; an image of at most ``size`` pixels is returned unchanged (RGB, its own resolution).
+    ``[B, C, H, W] -> [B, 1, size·H/W, size]`` (W > size) or ``[B, C, H, W]``."""
     check(isinstance(size, int) and size > 0, "size", "a positive int", size)
 
     def read(image):
-        height = image.shape[-1]
-        if height != size:
-            image = F.interpolate(image, scale_factor=size / height, mode="nearest")
-        if height > size:
-            image = image.sum(dim=1, keepdim=True)
+        width = image.shape[-1]
+        if width > size:
+            image = F.interpolate(image, scale_factor=size / width, mode="nearest").sum(dim=1, keepdim=True)
         return image
 
     return Readout(f"original{size}", read)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..errors import ResefaError
-from . import configs, ops
+from . import builtin, configs, ops
 from .safe_pickle import TORCH_LEGACY_MAGIC, PersistentRecord, restricted_load
 from .stylegan2 import StyleGAN2Generator
 
@@ -65,13 +65,21 @@ class LoadedModel:
 
 
 def load(path, config: Optional[str] = None, device="cpu") -> LoadedModel:
-    """Load a StyleGAN2 generator from ``path`` in any supported format (see the module docstring).
+    """Load a StyleGAN2 generator from ``path`` in any supported format (see the module docstring), or a model
+    shipped with the package, ``builtin:NAME`` (:mod:`.builtin`; its part boxes in ``metadata["presets"]``).
 
     ``config``: a registered configuration name (``resefa_fast.models.CONFIGS``) the file must match; it names the
     model in ``metadata`` (e.g. the LSUN car crop) and supplies ``conv_clamp`` where the format does not record it.
     Raises :class:`ResefaError` naming the file and what was expected for unknown, corrupt or mis-shaped files.
     """
     path = os.fspath(path)
+    if path.startswith(builtin.PREFIX):
+        weights, which = builtin.builtin_path(path)
+        loaded = load(weights, config=config, device=device)
+        presets = {part: list(box) for part, box in which.presets.items()}
+        loaded.metadata.update(builtin=which.name, description=which.description, presets=presets,
+                               preset_family=which.preset_family)
+        return loaded
     if os.path.isdir(path):
         for reader in FAMILY_READERS:
             loaded = reader(None, path, config, device)
