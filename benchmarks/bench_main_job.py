@@ -1,0 +1,126 @@
+"""The main job's target (issue 7): mine 1,000 regions for one latent code in W+ on an FFHQ-1024-shaped StyleGAN2
+(random weights, config-f), Jacobian included, under a minute on an H100.
+
+Phases, each timed on its own, then the whole ``resefa_fast.mine`` call end to end:
+- ``jacobian``: ``rf.jacobian(G, ws, readout=original)`` — W+ (9,216 tangents, layer skip), at each precision;
+  float32 is timed on a sample of columns (every 8th tangent of every W+ row) and extrapolated, the precision the
+  end-to-end run uses is timed in full; the sampled columns of tf32 / bf16 are compared with float32's;
+- ``mine``: ``Factorizer(J).factorize_many(1000 boxes, k=16)`` (bulk path, float64);
+- ``end to end``: ``rf.mine(model, boxes, seeds=[0], space="wp", precision=P)``, store writes included.
+
+The 1,000 boxes: a multi-scale grid on the 256×256 readout (32² every 8 px, 64² every 16 px), first 1,000.
+
+    python benchmarks/bench_main_job.py --json $OUT/main_job.json          # H100
+    python benchmarks/bench_main_job.py --small                            # CPU smoke run (seconds)
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+from bench_jacobian import describe, git_commit  # noqa: E402
+
+import resefa_fast as rf  # noqa: E402
+from resefa_fast.cli import box_grid  # noqa: E402
+from resefa_fast.jacobian import readouts  # noqa: E402
+from resefa_fast.models import random_stylegan2  # noqa: E402
+from resefa_fast.pipeline import Model  # noqa: E402
+
+TARGET_SECONDS = 60.0
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device, fn):
+    synchronize(device)
+    start = time.perf_counter()
+    value = fn()
+    synchronize(device)
+    return time.perf_counter() - start, value
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--small", action="store_true", help="CPU-sized: 32² generator, 64 boxes")
+    parser.add_argument("--precision", default="tf32", help="precision of the full Jacobian and the end-to-end run")
+    parser.add_argument("--regions", type=int, default=1000)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.small:
+        G = random_stylegan2(32, w_dim=16, small=True).to(device)
+        readout, regions_wanted, grid = readouts.original(16), 64, 16
+        sizes = (4, 8)
+    else:
+        G = random_stylegan2(1024).to(device)
+        readout, regions_wanted, grid = readouts.original(256), args.regions, 256
+        sizes = (32, 64)
+    G.eval().requires_grad_(False)
+    model = Model(G, spec=f"random:{G.img_resolution}", fingerprint={"random_seed": 0, "resolution": G.img_resolution})
+    boxes = box_grid(list(sizes), 0.25, (grid, grid))[:regions_wanted]
+    ws = model.latents([0])
+    d = G.num_ws * G.w_dim
+    rows = []
+
+    # Jacobian: float32 (and the other precisions) on a column sample; the chosen precision in full
+    sample = torch.arange(0, d, 8)
+    rf.jacobian(G, ws[0], readout=readout, columns=sample[:64].tolist(), progress=False)  # warm-up (cuDNN plans)
+    sampled = {}
+    for precision in ("float32", "tf32", "bfloat16"):
+        seconds, (J, info) = timed(device, lambda p=precision: rf.jacobian(
+            G, ws[0], readout=readout, precision=p, columns=sample.tolist(), progress=False, return_info=True))
+        sampled[precision] = J.float()
+        error = float((J.float() - sampled["float32"]).norm() / sampled["float32"].norm())
+        rows.append(dict(phase="jacobian (sampled, extrapolated)", precision=precision,
+                         seconds=seconds * d / len(sample), rel_error_vs_float32=error))
+        print(rows[-1], flush=True)
+    del sampled
+    seconds, J = timed(device, lambda: rf.jacobian(G, ws[0], readout=readout, precision=args.precision,
+                                                     progress=False))
+    rows.append(dict(phase="jacobian (full)", precision=args.precision, seconds=seconds, shape=list(J.shape)))
+    print(rows[-1], flush=True)
+    factorizer_seconds, result = timed(device, lambda: rf.Factorizer(J, grid=(1, grid, grid)).factorize_many(
+        boxes, k=16, progress=False))
+    rows.append(dict(phase=f"mine {len(boxes)} regions (precompute + bulk)", precision="float64",
+                     seconds=factorizer_seconds, max_residual=float(result.residuals.max())))
+    print(rows[-1], flush=True)
+    del J, result
+    with tempfile.TemporaryDirectory() as out:
+        seconds, _ = timed(device, lambda: rf.mine(model, boxes, out=os.path.join(out, "store"), k=16, seeds=[0],
+                                                   space="wp", readout="original" if not args.small else
+                                                   "original:16", precision=args.precision, device=str(device),
+                                                   progress=False))
+    rows.append(dict(phase=f"end to end: rf.mine, {len(boxes)} regions, 1 latent, W+", precision=args.precision,
+                     seconds=seconds, target_seconds=TARGET_SECONDS if not args.small else None))
+    print(rows[-1], flush=True)
+
+    report = dict(device=describe(device), torch=torch.__version__, commit=os.environ.get("GIT_COMMIT") or git_commit(),
+                  date=datetime.date.today().isoformat(), generator=G.init_kwargs, regions=len(boxes), d=d, rows=rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+    print(f"\n{report['device']}, torch {report['torch']}, {report['date']}, d = {d}, {len(boxes)} regions, k = 16")
+    print("| phase | precision | seconds | note |\n|---|---|---|---|")
+    for r in rows:
+        note = ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
+                         if k not in ("phase", "precision", "seconds") and v is not None)
+        print(f"| {r['phase']} | {r['precision']} | {r['seconds']:.2f} | {note} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
