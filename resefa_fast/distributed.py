@@ -11,7 +11,8 @@ Three ways to spread the work, each giving the one-process answer (to the tolera
   general path: the masked Grams ``B``, ``A`` ``[d, d]`` and weight sums (:func:`sharded_grams`), then every rank
   solves the same pencil; bulk path: ``G = JᵀJ`` in float64, eigh on rank 0 and ``V`` broadcast, each rank keeps
   its rows of ``JV``; per chunk of regions the totals, ``W = K̃ᵀK̃`` ``[R, r, r]`` and the products with foreground
-  / background rows of the Rayleigh–Ritz step (the ``reduce`` hook of :mod:`resefa_fast.solve.bulk`).
+  / background rows of the Rayleigh–Ritz step (the ``reduce`` hook of :mod:`resefa_fast.solve.bulk`); the small
+  eigenproblems of W are split over the ranks and their results all-gathered (the ``share`` hook).
   :func:`factorize_sharded` is the one-region form with per-rank weights.
 - :func:`factorize_stacked`: directions shared by many latent codes (the stacked problem), each rank holding
   some of them. This is the same all-reduce of Grams.
@@ -33,7 +34,7 @@ import torch.distributed as dist
 
 from .api import Directions, _auto_method, _compute_dtype, _package
 from .backends import resolve_backend
-from .errors import check
+from .errors import ResefaError, check
 from .gram import gram, masked_grams
 from .regions import Regions, as_regions
 from .solve.bulk import BulkBasis, check_bulk_dtype, gram_eigenbasis, project_rows, solve_bulk
@@ -86,6 +87,44 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         else:  # collectives move raw memory: a strided view would be summed element-for-element out of place
             tensor.copy_(all_reduce_sum(tensor.contiguous()))
     return tensor
+
+
+def share_regions(fn, batched: tuple, *args) -> tuple:
+    """``fn(*batched, *args)`` for a function independent per region (dim 0 of the ``batched`` tensors), each rank
+    computing a contiguous block of the regions and all-gathering the results, so every rank returns the whole
+    batch (the ``share`` hook of :mod:`resefa_fast.solve.bulk`: the small per-region eigenproblems are split over
+    the ranks instead of repeated on each). Tensor outputs are gathered along dim 0, integers take the ranks' max.
+    A :class:`~resefa_fast.errors.ResefaError` on any rank is raised on every rank (none is left waiting)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return fn(*batched, *args)
+    count, device = batched[0].shape[0], batched[0].device
+    block = -(-count // world)
+    # every rank gets a block of the same size (the last one padded with copies of the last region): equal shapes
+    index = torch.arange(rank * block, (rank + 1) * block, device=device).clamp_max(count - 1)
+    failure, out = None, ()
+    try:
+        out = fn(*(t[index] for t in batched), *args)
+    except ResefaError as error:
+        failure = error
+    failed = torch.tensor([failure is not None], dtype=torch.int64, device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if failure is not None:
+        raise failure
+    if int(failed):
+        raise ResefaError("the bulk path failed on another rank for some regions of this chunk (see its error)")
+    gathered = []
+    for value in out:
+        if isinstance(value, torch.Tensor):
+            value = value.contiguous()
+            parts = [torch.empty_like(value) for _ in range(world)]
+            dist.all_gather(parts, value)
+            gathered.append(torch.cat(parts)[:count])
+        else:
+            most = torch.tensor([int(value)], dtype=torch.int64, device=device)
+            dist.all_reduce(most, op=dist.ReduceOp.MAX)
+            gathered.append(int(most))
+    return tuple(gathered)
 
 
 def sharded_grams(jacobian_rows: torch.Tensor, weights_rows: Optional[torch.Tensor] = None,
@@ -275,7 +314,8 @@ class PixelShardedFactorizer:
             progress = bool(progress) and rank_and_world()[0] == 0
             budget = _agreed_memory_budget(self.memory_budget, self.jacobian_rows.device)
             solution = solve_bulk(self.basis, local, k, tau, self.normalize, tol=self.tol, progress=progress,
-                                  memory_budget=budget, backend=self.backend, reduce=all_reduce_sum)
+                                  memory_budget=budget, backend=self.backend, reduce=all_reduce_sum,
+                                  share=share_regions)
         else:
             solution = solve_general(self.jacobian_rows, local, k, tau, self.normalize,
                                      method="cholesky" if method == "bulk" else method, tol=self.tol,

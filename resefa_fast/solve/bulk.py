@@ -26,7 +26,8 @@ Rows split across processes (:mod:`resefa_fast.distributed`): ``JV`` and ``energ
 rows, and ``reduce`` (an in-place sum over the processes) completes every sum over pixel rows — the region
 totals, ``W = K̃ᵀK̃`` ``[r, r]`` (the column form: the row form ``K̃K̃ᵀ`` couples rows of different processes and
 is not a sum), and the products with foreground and background rows. Everything after those sums is identical
-on every process.
+on every process; ``share`` splits the per-region eigenproblems of W over the processes instead of repeating them
+(each solves its share of the regions, and the results are gathered on all).
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ from .common import (Solution, canonical_directions, orthonormalize, relative_re
 
 #: In-place sum of a tensor over the processes that hold the other rows of J (returns it); None: all rows are here.
 Reduce = Optional[Callable[[torch.Tensor], torch.Tensor]]
+#: ``share(fn, batched, *args)``: ``fn(*batched, *args)`` for a function independent per region (dim 0 of the
+#: ``batched`` tensors), computed by each process on its share of the regions and gathered; None: all here.
+Share = Optional[Callable[..., tuple]]
 
 
 @dataclass
@@ -217,6 +221,11 @@ def _pencil_rayleigh_ritz(basis: BulkBasis, weights, K, scale, Z, c_f, c_b, a, k
             (Az @ coefficients).transpose(1, 2))
 
 
+def _per_region(share: Share, fn, batched: tuple, *args):
+    """``fn(*batched, *args)``, through the ``share`` hook when there is one."""
+    return fn(*batched, *args) if share is None else share(fn, batched, *args)
+
+
 def _region_totals(basis: BulkBasis, weights: torch.Tensor, counts: torch.Tensor, reduce: Reduce):
     """Sums over all rows, in one reduction: ``(rows with m > 0 [R], Σm [R], Σ m_p e_p [R], P, Σ e_p)``."""
     R = weights.shape[0]
@@ -229,7 +238,7 @@ def _region_totals(basis: BulkBasis, weights: torch.Tensor, counts: torch.Tensor
 
 
 def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, normalize: str, solver: str,
-                 tol: Optional[float], backend: str, reduce: Reduce = None):
+                 tol: Optional[float], backend: str, reduce: Reduce = None, share: Share = None):
     """Solve R regions given by foreground ``weights`` ``[R, P]`` at once (padded batch)."""
     dtype = basis.JV.dtype
     r = basis.JV.shape[1]
@@ -250,7 +259,7 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
     row_form = reduce is None and n <= r  # work in the smaller of the two spaces (only K̃ᵀK̃ sums over processes)
     W = batched_row_gram(K) if row_form else _row_sum(K.transpose(1, 2) @ K, reduce)  # [R, m, m]
     # Top μ of W; ν = μ / (1 − c_b μ) cancels log10(1 + λ c_b / c_f) digits, refined below where that matters.
-    mu, u, applications = _top_eigenpairs(W, k, solver, tol, backend)
+    mu, u, applications = _per_region(share, _top_eigenpairs, (W,), k, solver, tol, backend)
     y = K.transpose(1, 2) @ u if row_form else u  # right singular vectors of K̃ (unnormalised)   [R, r, b]
     z = scale[:, :, None] * y  # n = V z
     c_f, c_b, a = c_f.to(dtype), c_b.to(dtype), a.to(dtype)
@@ -258,7 +267,7 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
     if float((eigenvalues * (c_b / c_f)[:, None]).abs().max()) > 100.0:  # > 2 of float64's 16 digits at stake
         # μ bunches below 1/c_b: its top eigenvectors are an arbitrary basis of the bunch. The transformed pencil
         # W u = ν (I − c_b W) u has λ's own gaps; then Rayleigh–Ritz on the exact pencil polishes λ.
-        u, more = _transformed_eigenvectors(W, c_b, k, solver, tol, tau, backend)
+        u, more = _per_region(share, _transformed_eigenvectors, (W, c_b), k, solver, tol, tau, backend)
         applications += more
         z = scale[:, :, None] * (K.transpose(1, 2) @ u if row_form else u)
         eigenvalues, z, Bz, Az = _pencil_rayleigh_ritz(basis, weights, K, scale, z, c_f, c_b, a, k, reduce)
@@ -282,15 +291,17 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
 
 def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize: str, solver: str = "auto",
                tol: Optional[float] = None, memory_budget: Optional[int] = None,
-               progress: Optional[bool] = None, backend: str = "torch", reduce: Reduce = None) -> Solution:
+               progress: Optional[bool] = None, backend: str = "torch", reduce: Reduce = None,
+               share: Share = None) -> Solution:
     """Top-k directions for every region of ``regions`` (complement backgrounds only) from a :class:`BulkBasis`.
 
     Regions are processed in chunks whose padded operands fit ``memory_budget`` bytes (default: a quarter of the free
     GPU memory, or 512 MiB on the CPU); regions are sorted by size first so a chunk pads little. ``solver``: "dense"
     (eigh of the small matrix), "iterative" (subspace iteration), or "auto" (dense when the small matrix has at most 32
     rows, 256 on the CPU, 512 with the "cuda" backend's batched eigensolver, else iterative). ``backend``: "torch" or
-    "cuda" (the extension's batched Xsyev for the dense small eigenproblems). ``reduce``: see the module docstring (rows
-    split across processes; then ``memory_budget`` must be the same on every process, so all cut the same chunks)."""
+    "cuda" (the extension's batched Xsyev for the dense small eigenproblems). ``reduce``, ``share``: see the module
+    docstring (rows split across processes; then ``memory_budget`` must be the same on every process, so all cut the
+    same chunks)."""
     check(regions.background is None, "background",
           "None for the bulk path (it needs complement backgrounds; use the general path for explicit ones)")
     weights = regions.foreground.to(basis.JV.device)
@@ -327,7 +338,7 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
             dense_max = 256 if weights.device.type == "cpu" else (512 if backend == "cuda" else 32)
             chunk_solver = "dense" if m <= max(dense_max, 2 * k) else "iterative"
         values, directions, residuals, bound, its = _solve_chunk(basis, weights[index], k, tau, normalize,
-                                                                 chunk_solver, tol, backend, reduce)
+                                                                 chunk_solver, tol, backend, reduce, share)
         out_values[index], out_directions[index], out_residuals[index] = values, directions, residuals
         out_bound[index] = bound.to(out_bound.device)
         iterations.append(its)
