@@ -185,6 +185,7 @@ def run_world(rank, world, args, init_method, out_path):
         if rank == 0:
             with open(out_path, "w") as f:
                 json.dump(rows, f)
+        dist.barrier()  # rank 0's checks done before any rank leaves the group
     finally:
         dist.destroy_process_group()
 
