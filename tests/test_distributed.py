@@ -13,7 +13,7 @@ import resefa_fast as rf
 from resefa_fast import cli, distributed
 from resefa_fast.testing import random_jacobian
 
-from conftest import assert_matches_reference
+from conftest import assert_matches_reference, naive_float32
 
 WORLD = 3
 
@@ -81,6 +81,7 @@ def _pixel_worker(rank, world, init_file, out_dir):
     for method in ("cholesky", "woodbury"):
         run[method] = distributed.factorize_pixel_sharded(J, rows, BOXES, k=PIXEL_K, grid=GRID, method=method)
     run["one_region"] = distributed.factorize_pixel_sharded(J, rows, BOXES[3], k=PIXEL_K, grid=GRID)
+    run["float32"] = distributed.factorize_pixel_sharded(J, rows, BOXES[3], k=PIXEL_K, grid=GRID, dtype=torch.float32)
     run["background"] = distributed.factorize_pixel_sharded(J, rows, BOXES[1], k=PIXEL_K, grid=GRID,
                                                             background=BOXES[3])
     torch.save(run, os.path.join(out_dir, f"pixel{rank}.pt"))
@@ -122,6 +123,10 @@ def test_pixel_sharded_equals_one_process(tmp_path):
     assert sharded["one_region"].directions.shape == (PIXEL_K, 40)
     one = rf.factorize(J, BOXES[3], k=PIXEL_K + 1, backend="reference")
     _assert_same_answer(sharded["one_region"], rf.factorize(J, BOXES[3], k=PIXEL_K), one)
+    assert sharded["float32"].directions.dtype == torch.float32  # float32 Grams all-reduced: float32 tolerances
+    naive = naive_float32(J, rf.box_mask(BOXES[3], GRID), PIXEL_K)
+    assert_matches_reference(sharded["float32"].eigenvalues, sharded["float32"].directions, one.eigenvalues[:-1],
+                             one.directions[:-1], torch.float32, one.eigenvalues[-1], naive=naive)
     with_background = rf.factorize(J, BOXES[1], k=PIXEL_K + 1, background=BOXES[3], backend="reference")
     _assert_same_answer(sharded["background"], rf.factorize(J, BOXES[1], k=PIXEL_K, background=BOXES[3]),
                         with_background)
