@@ -488,3 +488,20 @@ def test_engine_output_feeds_the_solvers(tmp_path):
     assert torch.allclose(from_file.eigenvalues.reshape(-1), from_tensor.eigenvalues.reshape(-1), rtol=1e-6)
     assert bool(((from_file.directions.reshape(4, -1) * from_tensor.directions.reshape(4, -1)).sum(-1).abs()
                  > 1 - 1e-6).all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (tf32 convolutions)")
+@pytest.mark.parametrize("precision", ["tf32", "bfloat16"])
+def test_reduced_precision_on_cuda_passes_the_checks(precision):
+    """The input checks (determinism, ...) run in float32: under tf32 two calls may round differently, which must
+    not be mistaken for random noise; the reduced-precision J stays close to the float32 J."""
+    from resefa_fast.models import random_stylegan2
+
+    G = random_stylegan2(64, w_dim=32, small=True).cuda()
+    ws = G.map(torch.randn(1, G.z_dim, device="cuda", generator=torch.Generator("cuda").manual_seed(0)))[0]
+    J = jacobian(G, ws, readout=readouts.rgb(), progress=False)
+    low = jacobian(G, ws, readout=readouts.rgb(), precision=precision, progress=False)
+    assert relative_error(low, J) <= {"tf32": 1e-2, "bfloat16": 1e-1}[precision]  # ~10 layers of 2^-11 or 2^-8
+    G.noise_mode = "random"
+    with pytest.raises(ResefaError, match="deterministic"):
+        jacobian(G, ws, readout=readouts.rgb(), precision=precision, progress=False)

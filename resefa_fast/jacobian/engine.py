@@ -148,8 +148,11 @@ def jacobian(
         plain = lambda x: read(fn(x))  # noqa: E731
 
     info = JacobianInfo(layer_skip=skip)
-    with _precision(precision, device), torch.no_grad():
+    # the checks test properties of fn (determinism, dependence, finiteness), so they run in float32 whatever the
+    # requested precision: under tf32 two calls may pick cuDNN algorithms that round differently by ~1e-3
+    with _precision("float32", device), torch.no_grad():
         grid = _check_fn(plain, latents[0]) if check_fn else output_grid(tuple(_shape_of(plain, latents[0])))
+    with _precision(precision, device), torch.no_grad():
         chunks = _Chunker(chunk_size, device, d)
         bar = _progress(progress, len(latents) * wanted.numel())
         try:
