@@ -179,9 +179,10 @@ def hf_config(**over):
     return cfg
 
 
-def random_pretrained_biggan(cfg, seed=0):
+def random_pretrained_biggan(cfg, seed=0, consistent=True):
     """A random pytorch-pretrained-biggan ``BigGAN.state_dict()`` for ``cfg``; ``weight_u``/``weight_v`` made by one
-    power-iteration step from a random u, as the package's converter does."""
+    power-iteration step from a random u, as the package's converter does (then ``u = normalize(W v)``, so
+    ``u · W v = |W v|``); ``consistent=False`` perturbs u after the step, which tells the two formulas apart."""
     g = torch.Generator().manual_seed(seed)
     r = _rand(g)
     ch, zd, ns = cfg["channel_width"], cfg["z_dim"], cfg["n_stats"]
@@ -196,6 +197,8 @@ def random_pretrained_biggan(cfg, seed=0):
         u = r(shape[0])
         v = F.normalize(Wm.t() @ u, dim=0, eps=1e-4)
         u = F.normalize(Wm @ v, dim=0, eps=1e-4)
+        if not consistent:
+            u = F.normalize(u + 0.3 * r(shape[0]), dim=0)
         sd[prefix + ".weight_u"], sd[prefix + ".weight_v"] = u, v
 
     def bn(prefix, c, conditional=True):

@@ -137,6 +137,16 @@ def test_deep_matches_reference(truncation):
         assert rel(G(z, classes, truncation), img_ref) <= TOL["exact"], truncation
 
 
+def test_deep_spectral_norm_uses_the_stored_vectors():
+    """torch's spectral norm in eval mode divides by ``u · W v`` with the stored u and v; with u from a later step
+    than v this differs from ``|W v|`` or the true top singular value."""
+    cfg = ref.hf_config()
+    sd = ref.random_pretrained_biggan(cfg, seed=8, consistent=False)
+    G = ours_deep(sd, cfg)
+    z = zs(2, 6)
+    assert rel(G(z, [0, 1], 0.5), ref.ref_pretrained_biggan(sd, cfg, z, one_hot([0, 1], 5), 0.5)) <= TOL["exact"]
+
+
 def test_deep_statistics_selection_is_the_packages():
     """0.4 / 0.25 = 1.6: the package blends stats[1]·0.6 + stats[2]·0.4 (not a linear interpolation); check that an
     honest linear interpolation would differ, so the test above pins the package's choice."""
@@ -310,6 +320,22 @@ def test_jacobian_forward_equals_reverse(name, space):
     fn32, latent32 = G32.jacobian_inputs(z.float(), classes=3, truncation=0.7, space=space)
     assert rel(rf.jacobian(fn32, latent32, readout=readout, chunk_size=8, progress=False), J_rev) \
         <= TOL["jacobian32"]
+
+
+def test_preset_directions_through_the_api():
+    """The API path the paper uses on BigGAN: the z Jacobian at one class (layer skip), a BigGAN preset region
+    (defined on 256×256, resampled to the Jacobian's grid), ReSeFa directions [k, z_dim] that are then applied to
+    another class."""
+    G = bg.build_biggan("biggan-tiny", seed=2)
+    z = G.sample_z(1, truncation=0.8)
+    fn, latent = G.jacobian_inputs(z[0], classes=1, truncation=0.8)
+    J = rf.jacobian(fn, latent, progress=False)  # [3·32·32, 8]
+    result = rf.factorize(J.reshape(3, 32, 32, -1), "biggan/center1", k=3, backend="reference")
+    directions = result.directions.reshape(3, -1)
+    assert directions.shape == (3, 8)
+    assert torch.allclose(directions.double().norm(dim=1), torch.ones(3, dtype=torch.float64), atol=1e-6)
+    edited = G(z + 0.5 * directions[:1].to(z.dtype), 4, truncation=0.8)  # another class, same z direction
+    assert edited.shape == (1, 3, 32, 32) and not torch.allclose(edited, G(z, 4, truncation=0.8))
 
 
 def test_jacobian_inputs_checks():

@@ -488,9 +488,8 @@ class _DeepBN(nn.Module):
 
     def statistics(self, truncation: float) -> Tuple[torch.Tensor, torch.Tensor]:
         """The package's selection, kept as it is: ``coef, i = modf(truncation / step)``; when ``coef != 0`` it
-        blends ``stats[i] · coef + stats[i + 1] · (1 - coef)`` (note: the weights are the reverse of a linear
-        interpolation, and a truncation such as 0.4 that is not an exact multiple of the step in floating point
-        takes almost all of ``stats[i + 1]``)."""
+        blends ``stats[i] · coef + stats[i + 1] · (1 - coef)`` (the reverse of a linear interpolation's weights:
+        with 51 sets, 0.415 gives 0.75 · stats[20] + 0.25 · stats[21]; multiples of the step take stats[i])."""
         coef, start = math.modf(truncation / (1.0 / (self.n_stats - 1)))
         start = int(start)
         if coef != 0.0:
