@@ -120,6 +120,10 @@ def test_biggan_matches_reference(hier, with_sv0):
     assert rel(G(z, one_hot([0, 4, 2], 5)), img_ref) <= TOL["exact"]
     e = sd["shared.weight"][classes]
     assert rel(G(z, embedding=e), ref.ref_biggan_pytorch(sd, kw, z, e, bn_eps=1e-4)) <= TOL["exact"]
+    # extra singular vectors (num_G_SVs = 2: u1, sv1) do not enter σ
+    extra = dict(sd, **{k[:-2] + "u1": torch.randn_like(v) for k, v in sd.items() if k.endswith(".u0")},
+                 **{k[:-3] + "sv1": v for k, v in sd.items() if k.endswith(".sv0")})
+    assert torch.equal(ours_biggan(extra, bn_eps=1e-4)(z, classes), img)
     # a wrong bn eps is visible (the eps is a real part of the function)
     assert rel(G(z, classes), ref.ref_biggan_pytorch(sd, kw, z, classes, bn_eps=1e-5)) > 1e-6
 

@@ -11,7 +11,7 @@ Formats (detected from the content):
   ``blocks.{i}.1.{theta,phi,g,o}.{weight,u0,sv0}``, ``blocks.{i}.1.gamma``, ``output_layer.0.{gain,bias,stored_mean,
   stored_var}``, ``output_layer.2.{weight,bias,u0,sv0}``. Spectral norm in eval mode (``layers.SN.W_``): one power
   iteration from ``u0`` without update, ``v = normalize(u0 W)``, ``u = normalize(v Wᵀ)``, ``σ = v Wᵀ uᵀ``, weight
-  ``W / σ``.
+  ``W / σ`` (with ``num_G_SVs > 1`` the extra ``u1``, ``sv1`` ... only feed the logged singular values).
 - ``pytorch-pretrained-biggan``: huggingface's BigGAN-deep, a folder (or the files) with ``config.json`` and
   ``pytorch_model.bin`` (``BigGAN.state_dict()``: ``embeddings.weight``, ``generator.gen_z``, ``generator.layers.{i}
   .{bn_0..3, conv_0..3}``, the attention module ``generator.layers.{p}.snconv1x1_{theta,phi,g,o_conv}`` + ``gamma``,
@@ -188,7 +188,7 @@ def convert_biggan_pytorch(sd: Dict[str, torch.Tensor], path: str = "<state dict
                   attention="_".join(str(r) for r in attention) or "0", bn_eps=float(bn_eps), bottom_width=4)
     out: Dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        if key.endswith((".u0", ".sv0")):
+        if re.search(r"\.(u|sv)\d+$", key):  # σ uses u0 only: extra singular vectors (num_G_SVs > 1) are logging
             continue
         u0 = sd.get(key[:-len("weight")] + "u0") if key.endswith(".weight") else None
         if u0 is not None:
