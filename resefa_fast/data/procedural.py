@@ -28,7 +28,7 @@ original ReSeFa ``ffhq`` presets, ``left_eye`` has the smaller column).
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -129,8 +129,20 @@ def _circle_sdf(rows, cols, centre_row, centre_col, radius):
     return torch.sqrt((rows - centre_row).square() + (cols - centre_col).square()) - radius
 
 
+_CONSTANTS: Dict[Tuple[str, Any], torch.Tensor] = {}
+
+
+def _constant(key, device, make) -> torch.Tensor:
+    """A constant tensor kept per device: a host-to-device copy synchronises, so a training loop that renders a
+    batch every step must not make one per call."""
+    key = (str(torch.device(device)), key)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = make()
+    return _CONSTANTS[key]
+
+
 def _colour(rgb, device) -> torch.Tensor:
-    return torch.tensor(rgb, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return _constant(rgb, device, lambda: torch.tensor(rgb, dtype=torch.float32, device=device).view(1, 3, 1, 1))
 
 
 def _lerp_colour(a, b, t: torch.Tensor) -> torch.Tensor:
@@ -141,8 +153,7 @@ def _lerp_colour(a, b, t: torch.Tensor) -> torch.Tensor:
 
 def _hsv(hue: torch.Tensor, saturation: float, value: torch.Tensor) -> torch.Tensor:
     """HSV -> RGB ``[N, 3, 1, 1]`` for ``hue`` and ``value`` ``[N]`` in [0, 1]."""
-    n = torch.tensor([5.0, 3.0, 1.0], device=hue.device)
-    k = (n[None] + hue[:, None] * 6.0) % 6.0  # [N, 3]
+    k = torch.stack([(offset + hue * 6.0) % 6.0 for offset in (5.0, 3.0, 1.0)], dim=1)  # [N, 3]
     rgb = value[:, None] * (1 - saturation * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
     return rgb.view(-1, 3, 1, 1)
 
@@ -167,7 +178,8 @@ def render(factors: Mapping[str, torch.Tensor]) -> torch.Tensor:
     p = {name: value.view(-1, 1, 1) for name, value in f.items()}  # [N, 1, 1] for the distance fields
     coords = torch.arange(RESOLUTION, dtype=torch.float32, device=device)
     rows, cols = coords.view(1, -1, 1), coords.view(1, 1, -1)  # pixel centres at integers
-    masks = part_masks(device)
+    masks = {part: _constant(("mask", part), device, lambda part=part: part_masks(device)[part])
+             for part in PART_BOXES}
     one = torch.ones_like(p["skin_tone"])
 
     # background, hair, neck and face (global factors)
