@@ -154,7 +154,7 @@ class Trainer:
         self.z_generator = torch.Generator(self.device).manual_seed(o["seed"] + 1)
         self.reals = RealStream(o["batch"], o["seed"], self.device)
         self.step_count, self.nimg, self.seconds = 0, 0, 0.0
-        self.autocast = o["precision"] == "bf16" and self.device.type == "cuda"
+        self.autocast = o["precision"] == "bf16"
         # forward passes of the losses (torch.compile'd with --compile; R1's double backward uses the plain D)
         self._mapping, self._synthesis, self._D_forward = self.G.mapping, self.G.synthesis, self.D
         if o.get("compile"):
@@ -300,7 +300,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--style-mixing", type=float, default=0.0, help="style mixing probability")
     p.add_argument("--mbstd-group", type=int, default=4)
     p.add_argument("--precision", default="tf32", choices=["fp32", "tf32", "bf16"],
-                   help="tf32 matmuls/convs, or bf16 autocast of the forward passes (R1 stays float32); CUDA only")
+                   help="tf32 matmuls/convs (CUDA), or bf16 autocast of the forward passes (R1 stays float32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks' forward passes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=200, help="print and log a train line every N steps")

@@ -128,6 +128,20 @@ def test_real_stream_is_deterministic_and_chunked():
     assert not torch.equal(other(0), train.RealStream(4, seed=4, device="cpu")(0))
 
 
+@pytest.mark.parametrize("overrides", [{"precision": "bf16"}, {"style_mixing": 1.0}])
+def test_training_variants_run(overrides):
+    """bf16 autocast (R1 in float32) and style mixing: steps run, losses finite, G and D change."""
+    trainer = _tiny_trainer(**overrides)
+    G0, D0 = copy.deepcopy(trainer.G.state_dict()), copy.deepcopy(trainer.D.state_dict())
+    for _ in range(2):
+        trainer.step()
+    averages = trainer.pop_averages()
+    assert all(v is None or v == v for v in averages.values()) and averages["r1"] is not None
+    assert not torch.equal(G0["synthesis.b64.conv1.weight"], trainer.G.state_dict()["synthesis.b64.conv1.weight"])
+    assert not torch.equal(D0["b64.conv0.weight"], trainer.D.state_dict()["b64.conv0.weight"])
+    assert float(trainer.G.mapping.w_avg.abs().sum()) > 0  # w_avg tracked while training
+
+
 def test_trainer_resume_reproduces_an_uninterrupted_run():
     """Two steps, state_dict -> load into a fresh trainer (equal state), two more steps: the same networks and
     optimiser states as four uninterrupted steps."""
