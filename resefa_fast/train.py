@@ -375,6 +375,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"resumed from {resume_path} at step {trainer.step_count} ({trainer.nimg / 1000:.1f} kimg, "
               f"{trainer.seconds:.0f} s)", flush=True)
     log = _Log(os.path.join(args.out, "log.jsonl"))
+    if state is None and os.path.exists(log.path):  # a fresh run starts a fresh log
+        os.replace(log.path, log.path + ".old")
     log.write({"type": "start", "step": trainer.step_count, "kimg": trainer.nimg / 1000, "options": options,
                "argv": sys.argv[1:] if argv is None else list(argv), "device": str(device),
                "torch": str(torch.__version__), "G_parameters": trainer.G.num_parameters(),
@@ -393,7 +395,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     budget = args.minutes * 60
     start = last_log_time = last_eval = last_checkpoint = time.time()
-    seconds_at_start = trainer.seconds
+    seconds_at_start, step_at_start, nimg_at_start = trainer.seconds, trainer.step_count, trainer.nimg
     last_log_step, last_log_nimg = trainer.step_count, trainer.nimg
     while time.time() - start < budget and (args.steps is None or trainer.step_count < args.steps):
         trainer.step()
@@ -424,6 +426,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         averages = trainer.pop_averages()
         log.write({"type": "train", "step": trainer.step_count, "kimg": round(trainer.nimg / 1000, 3),
                    "seconds": round(trainer.seconds, 2), **averages})
+    elapsed = time.time() - start
+    rates = {"steps_per_s": round((trainer.step_count - step_at_start) / max(elapsed, 1e-9), 2),
+             "images_per_s": round((trainer.nimg - nimg_at_start) / max(elapsed, 1e-9), 1)}
     save_checkpoint()
     report = _evaluate(trainer, reference, args.eval_images, args.out, log)
     metadata = {
@@ -440,9 +445,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     save(G_ema, tmp, metadata=metadata)
     os.replace(tmp, os.path.join(args.out, "generator.pt"))
     log.write({"type": "end", "step": trainer.step_count, "kimg": round(trainer.nimg / 1000, 3),
-               "seconds": round(trainer.seconds, 1)})
-    print(f"done: step {trainer.step_count}, {trainer.nimg / 1000:.1f} kimg, {trainer.seconds:.0f} s; "
-          f"saved {os.path.join(args.out, 'generator.pt')}", flush=True)
+               "seconds": round(trainer.seconds, 1), "this_run": rates})
+    print(f"done: step {trainer.step_count}, {trainer.nimg / 1000:.1f} kimg, {trainer.seconds:.0f} s in all; this "
+          f"run {rates['steps_per_s']} steps/s, {rates['images_per_s']} images/s (evaluations included); saved "
+          f"{os.path.join(args.out, 'generator.pt')}", flush=True)
     return 0
 
 

@@ -193,3 +193,10 @@ def test_training_command_writes_and_resumes(tmp_path):
     records = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
     starts = [r for r in records if r["type"] == "start"]
     assert [r["step"] for r in starts] == [0, 3]
+
+    # --fresh ignores the checkpoint and starts a new log (the old one kept beside it)
+    assert train.main(["--out", out, "--steps", "1", "--fresh"] + TINY_ARGS) == 0
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["step"] == 1
+    records = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    assert [r["step"] for r in records if r["type"] == "start"] == [0]
+    assert os.path.exists(os.path.join(out, "log.jsonl.old"))
