@@ -131,6 +131,21 @@ def test_user_transform_matches_reference(cfg, tx, ty, rotate):
     assert rel(G.set_transform().synthesize(ws), identity) == 0.0
 
 
+def test_scaling_transform_damps_out_of_band_frequencies():
+    """A zooming user transform pushes frequencies past the bandwidth; the official input damps them (amplitude
+    ``1 - (|f| - f_c) / (s/2 - f_c)`` clamped to [0, 1])."""
+    sd = ref.random_official(T, seed=6)
+    G = ours_from_official(sd, T)
+    zoom = torch.diag(torch.tensor([2.5, 2.5, 1.0], dtype=torch.float64))
+    G.synthesis.input.transform.copy_(zoom)
+    P = ref.official_params(dict(sd, **{"synthesis.input.transform": zoom}), T)
+    ws = G.map(inputs(T)[0])
+    assert rel(G.synthesize(ws), ref.ref_synthesis(P, ws)) <= TOL["exact"]
+    amplitudes = 1 - ((sd["synthesis.input.freqs"] * 2.5).norm(dim=1) - P["input"]["bandwidth"]) / (
+        P["input"]["rate"] / 2 - P["input"]["bandwidth"])
+    assert float(amplitudes.min()) < 1  # the damping is exercised
+
+
 def test_transform_is_the_original_codes_matrix():
     # gen_images.py / ReSeFa manipulate.py: transform = inv([[c, s, tx], [-s, c, ty], [0, 0, 1]])
     m = models.make_transform(0.3, -0.2, 40.0)
