@@ -2,11 +2,12 @@
 sizes), forward-mode tangents/s (``vmap(jvp)`` through the synthesis network, the original readout), and the w and
 W+ Jacobian times of ``resefa_fast.jacobian`` (layer skip on), on generators of the 1024² release shapes
 (FFHQ-U / MetFaces-U: T channel_base 32768 / max 512, 3×3 convs; R 65536 / 1024, 1×1 convs, radial filters; 16 W+
-rows) with random weights.
+rows) with random weights; the same measurements of a StyleGAN2 of that resolution (config-f, 18 W+ rows, rows
+``SG2``) for comparison on the same device.
 
 Rows:
 - correctness first, per config: ours (float32, tf32 off) vs the official formulation in float64
-  (tests/stylegan3_reference.py: fused grouped modulated conv, zero-inserted upfirdn2d with 2-D filters) on one
+  (tests/stylegan3_reference.py: fused grouped modulated conv, zero-inserted upfirdn2d, separable passes) on one
   image; relative error must be ≤ 1e-5;
 - ``forward``: images/s by batch and precision;
 - ``vmap(jvp)``: W+ tangents per second, chunks of k tangents at one latent (primal once per chunk), readout =
@@ -40,7 +41,7 @@ from bench_models import precision  # noqa: E402
 
 import resefa_fast as rf  # noqa: E402
 from resefa_fast.jacobian import readouts  # noqa: E402
-from resefa_fast.models import random_stylegan3  # noqa: E402
+from resefa_fast.models import random_stylegan2, random_stylegan3  # noqa: E402
 
 #: ours (float32, tf32 off) vs the official formulation in float64 on the same weights: the issue's target.
 IMAGE_RTOL = 1e-5
@@ -50,14 +51,14 @@ def reference_image(G, ws):
     """The official formulation on G's weights (tests/stylegan3_reference.py), in float64, one image."""
     import stylegan3_reference as ref
     sd = {k: v.double() for k, v in G.state_dict().items()}
-    return ref.ref_synthesis(ref.official_params(sd, G.init_kwargs), ws.double())
+    return ref.ref_synthesis(ref.official_params(sd, G.init_kwargs), ws.double(), separable=True)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--resolution", type=int, default=1024)
-    parser.add_argument("--cfgs", default="t,r")
+    parser.add_argument("--cfgs", default="t,r,sg2", help="t, r (StyleGAN3) and sg2 (the StyleGAN2 comparison)")
     parser.add_argument("--batches", default="1,4,8,16")
     parser.add_argument("--chunks", default="8,16,32", help="tangents per vmap(jvp) call")
     parser.add_argument("--precisions", default="float32,tf32")
@@ -97,18 +98,26 @@ def main(argv=None):
 
     for cfg in args.cfgs.split(","):
         name = cfg.upper()
-        G = random_stylegan3(args.resolution, cfg=cfg, small=args.small).to(device)
+        if cfg == "sg2":  # same resolution, config-f channels (bench_models.py checks it against its reference)
+            G = random_stylegan2(args.resolution, small=args.small).to(device)
+        else:
+            G = random_stylegan3(args.resolution, cfg=cfg, small=args.small).to(device)
         report["generators"][name] = dict(G.init_kwargs, parameters=G.num_parameters(), num_ws=G.num_ws)
         ws1 = G.map(torch.randn(1, G.z_dim, device=device, generator=torch.Generator(device).manual_seed(0)))
         with precision("float32"), torch.no_grad():
-            ours = G.synthesis(ws1).double()
-            expected = reference_image(G, ws1)
-            error = float((ours - expected).norm() / expected.norm())
-            del expected
-        report["correctness"][name] = error
-        print(f"\nStyleGAN3-{name} {args.resolution}² ({G.num_parameters() / 1e6:.1f} M parameters): ours vs the "
-              f"official formulation (float32): relative error {error:.2e}", flush=True)
-        assert error <= IMAGE_RTOL, error
+            if cfg == "sg2":
+                ours = expected = None
+            else:
+                ours = G.synthesis(ws1).double()
+                expected = reference_image(G, ws1)
+                error = float((ours - expected).norm() / expected.norm())
+        title = "StyleGAN2 (comparison)" if cfg == "sg2" else f"StyleGAN3-{name}"
+        print(f"\n{title} {args.resolution}² ({G.num_parameters() / 1e6:.1f} M parameters)", flush=True)
+        if cfg != "sg2":
+            report["correctness"][name] = error
+            print(f"ours vs the official formulation (float32): relative error {error:.2e}", flush=True)
+            assert error <= IMAGE_RTOL, error
+        ours = expected = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -172,7 +181,7 @@ def main(argv=None):
                              stage_runs_without_skip=info.stage_runs_without_skip)
         report["jacobian_seconds"][name] = est
         for space, e in est.items():
-            print(f"StyleGAN3-{name} Jacobian {space} ({e['columns']} columns, {args.jacobian_precision}): "
+            print(f"{title} Jacobian {space} ({e['columns']} columns, {args.jacobian_precision}): "
                   f"{e['seconds']:.2f} s" + (f" (estimated from {e['measured_columns']} evenly spread columns)"
                                               if e["estimated"] else " (measured)"), flush=True)
         G = None  # free the device memory before the next configuration

@@ -311,41 +311,46 @@ def fused_modconv(x, w, s, demodulate, padding, input_gain):
     return x.reshape(batch, -1, *x.shape[2:])
 
 
-def upfirdn2d(x, f, up=1, down=1, padding=(0, 0, 0, 0), gain=1.0):
-    """The official ``_upfirdn2d_ref``, with zeros inserted by strided assignment and a 2-D filter (a separable
-    ``[taps]`` filter as its outer product)."""
+def upfirdn2d(x, f, up=1, down=1, padding=(0, 0, 0, 0), gain=1.0, separable=False):
+    """The official ``_upfirdn2d_ref``, with zeros inserted by strided assignment; a separable ``[taps]`` filter is
+    applied as its 2-D outer product (tests) or, with ``separable`` (the benchmark's 1024² check, where 2-D float64
+    filters would take minutes), as two 1-D passes like the official code."""
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float64)
     f = f.to(device=x.device, dtype=torch.float64)
-    f = torch.outer(f, f) * gain if f.ndim == 1 else f * gain
     B, C, H, W = x.shape
     y = x.new_zeros(B, C, H * up, W * up)
     y[:, :, ::up, ::up] = x
     px0, px1, py0, py1 = padding
     y = F.pad(y, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
     y = y[:, :, max(-py0, 0): y.shape[2] - max(-py1, 0), max(-px0, 0): y.shape[3] - max(-px1, 0)]
-    kernel = f.flip([0, 1])[None, None].repeat(C, 1, 1, 1)
-    y = F.conv2d(y, kernel, groups=C)
+    if f.ndim == 1 and separable:
+        g = (f * gain ** 0.5).flip([0])
+        y = F.conv2d(y, g[None, None, None].repeat(C, 1, 1, 1), groups=C)
+        y = F.conv2d(y, g[None, None, :, None].repeat(C, 1, 1, 1), groups=C)
+    else:
+        f = torch.outer(f, f) * gain if f.ndim == 1 else f * gain
+        y = F.conv2d(y, f.flip([0, 1])[None, None].repeat(C, 1, 1, 1), groups=C)
     return y[:, :, ::down, ::down]
 
 
-def ref_layer(x, w, L, clamp):
+def ref_layer(x, w, L, clamp, separable=False):
     styles = fc(w, *L["affine"])
     if L["torgb"]:
         styles = styles * (1 / np.sqrt(L["cin"] * L["k"] ** 2))
     x = fused_modconv(x, L["weight"], styles, not L["torgb"], L["k"] - 1, L["magnitude_ema"].rsqrt())
     gain, slope = (1.0, 1.0) if L["torgb"] else (np.sqrt(2), 0.2)
     x = x + L["bias"].reshape(1, -1, 1, 1)
-    x = upfirdn2d(x, L["up_filter"], up=L["up"], padding=L["padding"], gain=L["up"] ** 2)
+    x = upfirdn2d(x, L["up_filter"], up=L["up"], padding=L["padding"], gain=L["up"] ** 2, separable=separable)
     x = F.leaky_relu(x, slope) * gain
     if clamp is not None:
         x = x.clamp(-clamp, clamp)
-    x = upfirdn2d(x, L["down_filter"], down=L["down"])
+    x = upfirdn2d(x, L["down_filter"], down=L["down"], separable=separable)
     assert x.shape[2:] == (L["out_size"], L["out_size"]), (x.shape, L["out_size"])
     return x
 
 
-def ref_synthesis(P, ws):
+def ref_synthesis(P, ws, separable=False):
     """Image ``[B, C, R, R]`` of W+ ``ws`` ``[B, num_ws, w_dim]``, one sample at a time (the official batch-wide
     style normalisation then equals the per-sample one)."""
     images = []
@@ -353,7 +358,7 @@ def ref_synthesis(P, ws):
         rows = ws[b:b + 1].double().unbind(1)
         x = ref_input(P["input"], rows[0])
         for L, w in zip(P["layers"], rows[1:], strict=True):
-            x = ref_layer(x, w, L, P["clamp"])
+            x = ref_layer(x, w, L, P["clamp"], separable)
         images.append(x * P["output_scale"])
     return torch.cat(images)
 
