@@ -441,6 +441,12 @@ def _bad_hammer_kwargs(tp):
     return {"models": {"generator": g}, "model_kwargs_init": {"generator": dict(ref.hammer_kwargs(T), repeat_w=False)}}
 
 
+def _hammer_kwargs_without_resolution(tp):
+    g = {k: v.float() for k, v in ref.official_to_hammer(ref.random_official(T), T).items()}
+    recorded = {k: v for k, v in ref.hammer_kwargs(T).items() if k != "resolution"}
+    return {"models": {"generator": g}, "model_kwargs_init": {"generator": recorded}}
+
+
 def _misshaped(tp):
     sd = {k: v.float() for k, v in ref.random_official(T).items()}
     key = next(k for k in sd if k.endswith("affine.bias") and ".L2_" in k)
@@ -462,6 +468,7 @@ BAD_FILES = {
     "hammer repeat_w=False": (_hammer(_wp_avg), "repeat_w"),
     "hammer unknown tensor": (_hammer(_unknown_hammer_key), "unexpected tensor `synthesis.layer1.conv.noise`"),
     "hammer unsupported kwargs": (_bad_hammer_kwargs, "unsupported Hammer StyleGAN3 settings.*repeat_w"),
+    "hammer kwargs without resolution": (_hammer_kwargs_without_resolution, "do not give a layer schedule"),
     "mis-shaped tensor": (_misshaped, "mis-shaped.*affine.bias"),
     "unknown resefa_fast kwargs": ({"format": "resefa_fast.stylegan3", "init_kwargs": {"warp": 1},
                                     "state_dict": {}}, "unknown StyleGAN3 settings"),

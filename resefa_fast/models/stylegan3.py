@@ -43,7 +43,7 @@ from ..errors import check
 from .stylegan2 import NOISE_MODES, FullyConnectedLayer, MappingNetwork
 
 __all__ = ["StyleGAN3Generator", "SynthesisInput", "SynthesisLayer", "SynthesisNetwork", "design_lowpass_filter",
-           "filtered_lrelu", "layer_plans", "layer_schedule", "make_transform", "modulated_conv2d"]
+           "filtered_lrelu", "input_grid", "layer_plans", "layer_schedule", "make_transform", "modulated_conv2d"]
 
 #: ε inside the demodulation's rsqrt (official value).
 DEMODULATION_EPS = 1e-8
@@ -217,6 +217,14 @@ def filtered_lrelu(x: torch.Tensor, fu: Optional[torch.Tensor], fd: Optional[tor
 # layers
 
 
+def input_grid(size: int, sampling_rate: float, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The input's sample positions ``[size, size, 2]`` (x, y): ``affine_grid`` of ``diag(size / (2 s))`` with
+    ``align_corners=False`` (pixel centres), as the official SynthesisInput."""
+    theta = torch.zeros(1, 2, 3, dtype=dtype, device=device)
+    theta[0, 0, 0] = theta[0, 1, 1] = 0.5 * size / sampling_rate
+    return F.affine_grid(theta, [1, 1, size, size], align_corners=False)[0]
+
+
 class SynthesisInput(nn.Module):
     """Fourier features: ``w`` ``[B, w_dim]`` -> ``[B, channels, size, size]``. Buffers ``transform`` ``[3, 3]``
     (the user's inverse transform), ``freqs`` ``[C, 2]``, ``phases`` ``[C]``; parameters ``weight`` ``[C, C]`` and
@@ -241,10 +249,8 @@ class SynthesisInput(nn.Module):
         self.register_buffer("phases", phases)
 
     def grid(self, dtype: torch.dtype, device) -> torch.Tensor:
-        """Sample positions ``[size, size, 2]`` (x, y): ``affine_grid`` of ``diag(size / (2 s))``, pixel centres."""
-        theta = torch.zeros(1, 2, 3, dtype=dtype, device=device)
-        theta[0, 0, 0] = theta[0, 1, 1] = 0.5 * self.size / self.sampling_rate
-        return F.affine_grid(theta, [1, 1, self.size, self.size], align_corners=False)[0]
+        """Sample positions ``[size, size, 2]`` (see :func:`input_grid`)."""
+        return input_grid(self.size, self.sampling_rate, dtype, device)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         t = self.affine(w)  # [B, 4] = (r_c, r_s, t_x, t_y)

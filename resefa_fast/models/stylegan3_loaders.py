@@ -35,7 +35,7 @@ import torch
 from ..errors import ResefaError
 from .loaders import LoadedModel, _children, _is_tensor_dict, _record_state  # one reader of records for all
 from .safe_pickle import PersistentRecord
-from .stylegan3 import StyleGAN3Generator, design_lowpass_filter, layer_plans, layer_schedule
+from .stylegan3 import StyleGAN3Generator, design_lowpass_filter, input_grid, layer_plans, layer_schedule
 from .stylegan3_configs import matching_stylegan3_configs, stylegan3_config, STYLEGAN3_SHAPE_KEYS
 
 __all__ = ["read", "save", "infer_stylegan3_kwargs", "SAVE_FORMAT", "FILTER_ATOL"]
@@ -241,7 +241,7 @@ def _from_hammer(g, recorded, chosen, path: str, meta: Dict[str, Any]):
     else:
         size0 = int(grid.shape[1]) if grid is not None else None
         kwargs = _settings_of_state_dict(sd, chosen, path, meta, "hammer", size0=size0)
-    names = _layer_names(kwargs)
+    names = _layer_names(kwargs, path)
     out = {}
     for key, value in sd.items():
         m = re.fullmatch(r"synthesis\.layer(\d+)\.(.+)", key)
@@ -252,8 +252,8 @@ def _from_hammer(g, recorded, chosen, path: str, meta: Dict[str, Any]):
             key = f"synthesis.{names[idx]}.{m[2]}"
         out[key] = value
     if grid is not None:  # Hammer stores the input's sampling grid; it must be the one the settings give
-        with torch.random.fork_rng(devices=[]):
-            expected = StyleGAN3Generator(**kwargs).synthesis.input.grid(torch.float64, "cpu")[None]
+        plan = layer_plans(**kwargs)[0]
+        expected = input_grid(plan["in_size"], plan["down_design"][3] / plan["down_factor"], torch.float64)[None]
         if tuple(grid.shape) != tuple(expected.shape) or float((grid.double() - expected).abs().max()) > 1e-5:
             raise ResefaError(f"{path}: synthesis.early_layer.grid {tuple(grid.shape)} is not the sampling grid of "
                               f"the settings {kwargs}")
@@ -278,8 +278,11 @@ def _hammer_recorded_kwargs(recorded: Dict[str, Any], path: str, meta: Dict[str,
     return kwargs
 
 
-def _layer_names(kwargs: Dict[str, Any]) -> List[str]:
-    return [plan["name"] for plan in layer_plans(**kwargs)]
+def _layer_names(kwargs: Dict[str, Any], path: str) -> List[str]:
+    try:
+        return [plan["name"] for plan in layer_plans(**kwargs)]
+    except (TypeError, ValueError, ZeroDivisionError) as error:
+        raise ResefaError(f"{path}: StyleGAN3 settings {kwargs} do not give a layer schedule ({error})") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
