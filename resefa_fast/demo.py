@@ -22,6 +22,9 @@ __all__ = ["run_demo", "DEFAULT_MODEL", "SEEDS"]
 DEFAULT_MODEL = "builtin:faces64"
 SEEDS = (0, 1, 2, 3)
 K, TOP = 8, 3
+#: Largest edit strength: about 8 standard deviations of the built-in model's w along a unit direction (σ ≈ 0.7);
+#: the original's ±10 leaves the data for this small model.
+STRENGTH = 6.0
 
 
 def run_demo(out: str = "resefa_demo", model: Optional[str] = None, device: Optional[str] = None,
@@ -51,18 +54,19 @@ def run_demo(out: str = "resefa_demo", model: Optional[str] = None, device: Opti
     seconds_jacobian = time.perf_counter() - start
     store = os.path.join(out, "store")
     results = mine(jacobians, regions, out=store, k=K, device=str(model.device), progress=not quiet,
-                   locality_top=TOP)
+                   locality_top=TOP, locality_strengths=(-STRENGTH, STRENGTH))
     seconds_mining = time.perf_counter() - start - seconds_jacobian
 
     edits = os.path.join(out, "edits")
     os.makedirs(edits, exist_ok=True)
     data, maps = results.get(0), torch.as_tensor(results.regions())
-    strengths = strengths_between(steps=7)
+    strengths = strengths_between(-STRENGTH, STRENGTH, steps=7)
     for r, name in enumerate(results.names):
         images = draw_region(to_uint8(edit(model, ws[0], data["directions"][r, :TOP], strengths)), maps[r])
         save_png(os.path.join(edits, f"seed{SEEDS[0]}_{name}.png"), grid_image(images))
         save_gif(os.path.join(edits, f"seed{SEEDS[0]}_{name}_direction000.gif"), list(images[0]))
-    report = write_report(store, os.path.join(out, "report.html"), model=model, progress=not quiet)
+    report = write_report(store, os.path.join(out, "report.html"), model=model, progress=not quiet,
+                          strengths=strengths_between(-STRENGTH, STRENGTH, steps=5))
 
     print(f"\n{'region':<10} {'λ1':>10} {'λ2':>10} {'in/out (top 3 directions, mean over seeds)':>44}")
     ratios = np.stack([results.get(n)["locality_inside"] / results.get(n)["locality_outside"]
