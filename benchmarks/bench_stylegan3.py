@@ -9,10 +9,11 @@ Rows:
 - correctness first, per config: ours (float32, tf32 off) vs the official formulation in float64
   (tests/stylegan3_reference.py: fused grouped modulated conv, zero-inserted upfirdn2d, separable passes) on one
   image; relative error must be ≤ 1e-5;
-- ``forward``: images/s by batch and precision;
+- ``forward [impl]``: images/s by batch and precision, for each up-sampling implementation (``transpose``:
+  polyphase ``conv_transpose2d``; ``zeros``: zero insertion + ``conv2d``);
 - ``vmap(jvp)``: W+ tangents per second, chunks of k tangents at one latent (primal once per chunk), readout =
   nearest resize to 256 + channel sum (the original's); tangents on W+ row 1 (the first synthesis layer: the full
-  network's cost, as a w tangent);
+  network's cost, as a w tangent), for each implementation; the Jacobians then use the faster one;
 - ``jacobian w``: ``resefa_fast.jacobian(G, w)`` for all 512 columns (measured, unless ``--estimate-w``);
   ``jacobian W+``: ``resefa_fast.jacobian(G, ws, columns=...)`` on an even sample of columns of every row (layer
   skip: a row's tangents start at its layer), extrapolated to all 16·512 columns and marked as an estimate
@@ -41,7 +42,7 @@ from bench_models import precision  # noqa: E402
 
 import resefa_fast as rf  # noqa: E402
 from resefa_fast.jacobian import readouts  # noqa: E402
-from resefa_fast.models import random_stylegan2, random_stylegan3  # noqa: E402
+from resefa_fast.models import random_stylegan2, random_stylegan3, stylegan3  # noqa: E402
 
 #: ours (float32, tf32 off) vs the official formulation in float64 on the same weights: the issue's target.
 IMAGE_RTOL = 1e-5
@@ -62,6 +63,8 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,4,8,16")
     parser.add_argument("--chunks", default="8,16,32", help="tangents per vmap(jvp) call")
     parser.add_argument("--precisions", default="float32,tf32")
+    parser.add_argument("--upsample", default="transpose,zeros",
+                        help="StyleGAN3 up-sampling implementations to time (stylegan3.UPSAMPLE_IMPLS)")
     parser.add_argument("--jacobian-precision", default="tf32", help="precision of the w / W+ Jacobian runs")
     parser.add_argument("--wplus-sample", type=int, default=32, help="sampled columns per W+ row (estimate)")
     parser.add_argument("--full-wplus", action="store_true", help="compute the whole W+ Jacobian (slow)")
@@ -123,22 +126,33 @@ def main(argv=None):
 
         print("\n| config | method | precision | batch or chunk | ms / item | rate | peak GiB |\n"
               "|---|---|---|---|---|---|---|")
-        for mode in args.precisions.split(","):
-            with precision(mode), torch.no_grad():
-                for batch in [int(b) for b in args.batches.split(",")]:
-                    ws = ws1.expand(batch, -1, -1).contiguous()
-                    timed(name, "forward", mode, "images", batch, lambda ws=ws: G.synthesis(ws))
-            with precision(mode):
-                w = ws1[0]
-                for chunk in [int(k) for k in args.chunks.split(",")]:
-                    tangents = torch.zeros(chunk, *w.shape, device=device)
-                    tangents[torch.arange(chunk), 1, torch.arange(chunk) % w.shape[1]] = 1
+        impls = ["-"] if cfg == "sg2" else args.upsample.split(",")
+        for impl in impls:
+            if impl != "-":
+                stylegan3.set_upsample_impl(impl)
+            tag = "" if impl == "-" else f" [{impl}]"
+            for mode in args.precisions.split(","):
+                with precision(mode), torch.no_grad():
+                    for batch in [int(b) for b in args.batches.split(",")]:
+                        ws = ws1.expand(batch, -1, -1).contiguous()
+                        timed(name, "forward" + tag, mode, "images", batch, lambda ws=ws: G.synthesis(ws))
+                with precision(mode):
+                    w = ws1[0]
+                    for chunk in [int(k) for k in args.chunks.split(",")]:
+                        tangents = torch.zeros(chunk, *w.shape, device=device)
+                        tangents[torch.arange(chunk), 1, torch.arange(chunk) % w.shape[1]] = 1
 
-                    def run(tangents=tangents):
-                        def pixels(x):
-                            return readout(G.synthesis(x[None]))
-                        return torch.func.vmap(lambda t: torch.func.jvp(pixels, (w,), (t,))[1])(tangents)
-                    timed(name, "vmap(jvp)", mode, "tangents", chunk, run)
+                        def run(tangents=tangents):
+                            def pixels(x):
+                                return readout(G.synthesis(x[None]))
+                            return torch.func.vmap(lambda t: torch.func.jvp(pixels, (w,), (t,))[1])(tangents)
+                        timed(name, "vmap(jvp)" + tag, mode, "tangents", chunk, run)
+        if cfg != "sg2":  # the Jacobians below run with the up-sampling that gave the most tangents/s
+            best = max((r for r in rows if r.get("config") == name and r["method"].startswith("vmap(jvp)")
+                        and "items_per_s" in r), key=lambda r: r["items_per_s"], default=None)
+            chosen = best["method"].split("[")[-1].rstrip("]") if best else impls[0]
+            stylegan3.set_upsample_impl(chosen)
+            report.setdefault("upsample_impl_for_jacobians", {})[name] = chosen
 
         # the Jacobians through resefa_fast.jacobian (automatic chunk size, layer skip)
         chunk = None if device.type == "cuda" else int(args.chunks.split(",")[-1])
@@ -187,6 +201,23 @@ def main(argv=None):
         G = None  # free the device memory before the next configuration
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    stylegan3.set_upsample_impl("transpose")
+
+    def best_rate(name, method):
+        return max((r["items_per_s"] for r in rows if r.get("config") == name and r["method"].startswith(method)
+                    and "items_per_s" in r), default=None)
+    if "SG2" in report["jacobian_seconds"]:
+        report["vs_stylegan2"] = {}
+        print("\nvs StyleGAN2 of the same resolution (same device; > 1 = StyleGAN3 slower):", flush=True)
+        for name in [n for n in report["jacobian_seconds"] if n != "SG2"]:
+            ratios = {what: best_rate("SG2", what) / best_rate(name, what)
+                      for what in ("forward", "vmap(jvp)") if best_rate(name, what) and best_rate("SG2", what)}
+            for space in ("w", "W+"):
+                ratios[f"jacobian {space}"] = (report["jacobian_seconds"][name][space]["seconds"]
+                                               / report["jacobian_seconds"]["SG2"][space]["seconds"])
+            report["vs_stylegan2"][name] = ratios
+            print(f"  StyleGAN3-{name}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+                  + " (time per image / tangent / Jacobian; W+ has 16 rows vs 18)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=str)

@@ -107,6 +107,31 @@ def test_generator_matches_reference(cfg, c_dim, conv_clamp):
 
 
 @pytest.mark.parametrize("cfg", ["T", "R"])
+def test_upsample_impls_are_the_same_function(cfg):
+    """The "zeros" up-sampling (zero insertion + conv2d) equals the reference too, also under vmap(jvp)."""
+    from resefa_fast.models import stylegan3
+    kw = CFGS[cfg]
+    sd = ref.random_official(kw, seed=9)
+    G = ours_from_official(sd, kw)
+    P = ref.official_params(sd, kw)
+    ws = G.map(inputs(kw)[0])
+    images, jvps = {}, {}
+    tangents = torch.randn(3, *ws[0].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    try:
+        for impl in stylegan3.UPSAMPLE_IMPLS:
+            stylegan3.set_upsample_impl(impl)
+            images[impl] = G.synthesize(ws)
+            jvps[impl] = torch.func.vmap(lambda t: torch.func.jvp(lambda x: G.synthesis(x[None]), (ws[0],), (t,))[1])(
+                tangents)
+    finally:
+        stylegan3.set_upsample_impl("transpose")
+    assert rel(images["zeros"], ref.ref_synthesis(P, ws)) <= TOL["exact"]
+    assert rel(jvps["zeros"], jvps["transpose"]) <= TOL["exact"]
+    with pytest.raises(ResefaError, match="impl"):
+        stylegan3.set_upsample_impl("fft")
+
+
+@pytest.mark.parametrize("cfg", ["T", "R"])
 def test_float32_matches_reference_within_target(cfg):
     kw = CFGS[cfg]
     sd = ref.random_official(kw, seed=3)
@@ -509,7 +534,7 @@ def test_bench_stylegan3_small(tmp_path):
     assert all(err <= bench_stylegan3.IMAGE_RTOL for err in report["correctness"].values())
     methods = {r["method"] for r in report["rows"]}
     assert {"forward", "vmap(jvp)"} <= methods
-    assert set(report["correctness"]) == {"T", "R"}
+    assert set(report["correctness"]) == {"T", "R"} and set(report["vs_stylegan2"]) == {"T", "R"}
     for cfg in ("T", "R", "SG2"):
         est = report["jacobian_seconds"][cfg]
         assert est["w"]["seconds"] > 0 and math.isfinite(est["W+"]["seconds"])

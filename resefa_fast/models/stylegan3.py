@@ -17,7 +17,8 @@ the same module, parameter and buffer names, so an official ``G_ema.state_dict()
 Forward-mode choices (DESIGN.md §3): the modulated convolutions are in the *non-fused* form (input scaled by the
 styles, one shared-weight convolution, output scaled by the demodulation coefficients); the filtered leaky ReLU is
 the official reference semantics (``_filtered_lrelu_ref``) written with ``conv_transpose2d`` (polyphase
-up-sampling, no zero insertion) and strided ``conv2d`` (down-sampling), no custom CUDA op. Inference only, in the
+up-sampling, no zero insertion; or zeros inserted then ``conv2d``, :func:`set_upsample_impl`) and strided ``conv2d``
+(down-sampling), no custom CUDA op. Inference only, in the
 modules' dtype.
 
 One deliberate difference: the official demodulated convolution pre-normalises the styles by their mean square
@@ -43,7 +44,8 @@ from ..errors import check
 from .stylegan2 import NOISE_MODES, FullyConnectedLayer, MappingNetwork
 
 __all__ = ["StyleGAN3Generator", "SynthesisInput", "SynthesisLayer", "SynthesisNetwork", "design_lowpass_filter",
-           "filtered_lrelu", "input_grid", "layer_plans", "layer_schedule", "make_transform", "modulated_conv2d"]
+           "filtered_lrelu", "input_grid", "layer_plans", "layer_schedule", "make_transform", "modulated_conv2d",
+           "set_upsample_impl", "UPSAMPLE_IMPLS"]
 
 #: ε inside the demodulation's rsqrt (official value).
 DEMODULATION_EPS = 1e-8
@@ -161,10 +163,24 @@ def _pad_axis(y: torch.Tensor, dim: int, start: int, length: int) -> torch.Tenso
     return F.pad(y, pads)
 
 
+#: How :func:`filtered_lrelu` up-samples: "transpose" (polyphase ``conv_transpose2d``, no zero is multiplied) or
+#: "zeros" (zeros inserted, then a depthwise ``conv2d`` per axis, as the official reference). Same function; which
+#: is faster depends on the device's convolution kernels (``benchmarks/bench_stylegan3.py --upsample`` times both).
+UPSAMPLE_IMPLS = ("transpose", "zeros")
+upsample_impl = "transpose"
+
+
+def set_upsample_impl(impl: str) -> None:
+    """Choose the up-sampling implementation of every StyleGAN3 layer (see :data:`UPSAMPLE_IMPLS`)."""
+    global upsample_impl
+    check(impl in UPSAMPLE_IMPLS, "impl", f"one of {UPSAMPLE_IMPLS}", repr(impl))
+    upsample_impl = impl
+
+
 def _upfirdn_up(x: torch.Tensor, f: Optional[torch.Tensor], up: int, padding: Sequence[int]) -> torch.Tensor:
     """upfirdn2d(x, f, up=up, padding=padding, gain=up²) (official semantics: zero insertion, pad / crop, true
-    convolution) as a polyphase transposed convolution per axis: with ``y = conv_transpose(x, f, stride=up)``,
-    output sample m is ``y[m + n - 1 - p0]`` (``n`` taps, ``p0`` the leading pad)."""
+    convolution). "transpose": a polyphase transposed convolution per axis; with ``y = conv_transpose(x, f,
+    stride=up)``, output sample m is ``y[m + n - 1 - p0]`` (``n`` taps, ``p0`` the leading pad)."""
     px0, px1, py0, py1 = padding
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     out_h, out_w = height * up + py0 + py1, width * up + px0 + px1
@@ -172,6 +188,12 @@ def _upfirdn_up(x: torch.Tensor, f: Optional[torch.Tensor], up: int, padding: Se
         return F.pad(x, [px0, px1, py0, py1])
     f = f.to(x.dtype)
     n = f.shape[-1]
+    if upsample_impl == "zeros":
+        if up > 1:  # zeros after every sample, by reshape and pad (no scatter, so vmap sees plain ops)
+            x = F.pad(x.reshape(-1, channels, height, 1, width, 1), [0, up - 1, 0, 0, 0, up - 1])
+            x = x.reshape(-1, channels, height * up, width * up)
+        x = F.pad(x, [px0, px1, py0, py1])  # negative = crop
+        return _depthwise(x, f * (up if f.ndim == 1 else up * up), 1)
     if f.ndim == 1:
         g = f * up  # gain up² split over the two axes
         x = F.conv_transpose2d(x, g.reshape(1, 1, 1, n).expand(channels, 1, 1, n), stride=(1, up), groups=channels)
@@ -183,17 +205,22 @@ def _upfirdn_up(x: torch.Tensor, f: Optional[torch.Tensor], up: int, padding: Se
     return _pad_axis(x, -2, n - 1 - py0, out_h - n + 1)
 
 
+def _depthwise(x: torch.Tensor, f: torch.Tensor, stride: int) -> torch.Tensor:
+    """True convolution (valid part) of every channel with ``f`` (``[n]``: one pass per axis, or ``[n, n]``),
+    keeping every ``stride``-th sample."""
+    channels, n = x.shape[1], f.shape[-1]
+    f = f.flip(list(range(f.ndim)))
+    if f.ndim == 1:
+        x = F.conv2d(x, f.reshape(1, 1, 1, n).expand(channels, 1, 1, n), stride=(1, stride), groups=channels)
+        return F.conv2d(x, f.reshape(1, 1, n, 1).expand(channels, 1, n, 1), stride=(stride, 1), groups=channels)
+    return F.conv2d(x, f[None, None].expand(channels, 1, n, n), stride=stride, groups=channels)
+
+
 def _firdn(x: torch.Tensor, f: Optional[torch.Tensor], down: int) -> torch.Tensor:
     """upfirdn2d(x, f, down=down): true convolution with ``f`` (valid part), keep every ``down``-th sample."""
     if f is None:
         return x[:, :, ::down, ::down] if down > 1 else x
-    channels = x.shape[1]
-    f = f.to(x.dtype).flip(list(range(f.ndim)))
-    n = f.shape[-1]
-    if f.ndim == 1:
-        x = F.conv2d(x, f.reshape(1, 1, 1, n).expand(channels, 1, 1, n), stride=(1, down), groups=channels)
-        return F.conv2d(x, f.reshape(1, 1, n, 1).expand(channels, 1, n, 1), stride=(down, 1), groups=channels)
-    return F.conv2d(x, f[None, None].expand(channels, 1, n, n), stride=down, groups=channels)
+    return _depthwise(x, f.to(x.dtype), down)
 
 
 def filtered_lrelu(x: torch.Tensor, fu: Optional[torch.Tensor], fd: Optional[torch.Tensor], b: torch.Tensor,
