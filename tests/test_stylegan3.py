@@ -397,6 +397,8 @@ def test_config_naming(tmp_path):
     assert models.load(path, config="stylegan3-t-tiny").metadata["config"] == "stylegan3-t-tiny"
     with pytest.raises(ResefaError, match="does not match `config`"):
         models.load(path, config="stylegan3-r-tiny")
+    with pytest.raises(ResefaError, match="tiny.pt: a StyleGAN3 checkpoint; `config` must be one of"):
+        models.load(path, config="ffhq-1024")
 
 
 # ---------------------------------------------------------------------------------------------------------------

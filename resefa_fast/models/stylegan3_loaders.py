@@ -82,7 +82,10 @@ def read(obj, path: str, config: Optional[str] = None, device="cpu") -> Optional
         return None
     fmt, payload = found
     meta: Dict[str, Any] = dict(assumptions={}, ignored={}, family="stylegan3")
-    chosen = stylegan3_config(config) if config is not None else None
+    try:
+        chosen = stylegan3_config(config) if config is not None else None
+    except ResefaError as error:
+        raise ResefaError(f"{path}: a StyleGAN3 checkpoint; {error}") from None
     if fmt == "resefa_fast":
         kwargs, sd = _from_ours(payload, path)
         meta["saved_metadata"] = payload.get("metadata", {})
