@@ -8,7 +8,8 @@ rows) with random weights; the same measurements of a StyleGAN2 of that resoluti
 Rows:
 - correctness first, per config: ours (float32, tf32 off) vs the official formulation in float64
   (tests/stylegan3_reference.py: fused grouped modulated conv, zero-inserted upfirdn2d, separable passes) on one
-  image; relative error must be ≤ 1e-5;
+  image; relative error must be ≤ 1e-5, or ≤ 2x the error of the official formulation computed in float32 where
+  that is larger (the float32 rounding of the Fourier features grows through ToRGB's channel mix);
 - ``forward [impl]``: images/s by batch and precision, for each up-sampling implementation (``transpose``:
   polyphase ``conv_transpose2d``; ``zeros``: zero insertion + ``conv2d``);
 - ``vmap(jvp)``: W+ tangents per second, chunks of k tangents at one latent (primal once per chunk), readout =
@@ -44,15 +45,16 @@ import resefa_fast as rf  # noqa: E402
 from resefa_fast.jacobian import readouts  # noqa: E402
 from resefa_fast.models import random_stylegan2, random_stylegan3, stylegan3  # noqa: E402
 
-#: ours (float32, tf32 off) vs the official formulation in float64 on the same weights: the issue's target.
+#: ours (float32, tf32 off) vs the official formulation in float64 on the same weights: the issue's target, unless
+#: the official formulation itself computed in float32 is further off (then 2x its error: STYLE.md's rule).
 IMAGE_RTOL = 1e-5
 
 
-def reference_image(G, ws):
-    """The official formulation on G's weights (tests/stylegan3_reference.py), in float64, one image."""
+def reference_image(G, ws, dtype=torch.float64):
+    """The official formulation on G's weights (tests/stylegan3_reference.py), in ``dtype``, one image."""
     import stylegan3_reference as ref
     sd = {k: v.double() for k, v in G.state_dict().items()}
-    return ref.ref_synthesis(ref.official_params(sd, G.init_kwargs), ws.double(), separable=True)
+    return ref.ref_synthesis(ref.official_params(sd, G.init_kwargs), ws, separable=True, dtype=dtype)
 
 
 def main(argv=None):
@@ -114,13 +116,19 @@ def main(argv=None):
                 ours = G.synthesis(ws1).double()
                 expected = reference_image(G, ws1)
                 error = float((ours - expected).norm() / expected.norm())
+                official32 = reference_image(G, ws1, torch.float32).double()
+                floor = float((official32 - expected).norm() / expected.norm())
+                tolerance = max(IMAGE_RTOL, 2 * floor)
         title = "StyleGAN2 (comparison)" if cfg == "sg2" else f"StyleGAN3-{name}"
         print(f"\n{title} {args.resolution}² ({G.num_parameters() / 1e6:.1f} M parameters)", flush=True)
         if cfg != "sg2":
             report["correctness"][name] = error
-            print(f"ours vs the official formulation (float32): relative error {error:.2e}", flush=True)
-            assert error <= IMAGE_RTOL, error
-        ours = expected = None
+            report.setdefault("correctness_detail", {})[name] = dict(ours_float32=error, official_float32=floor,
+                                                                     tolerance=tolerance)
+            print(f"vs the official formulation in float64, relative error: ours (float32) {error:.2e}, the "
+                  f"official formulation in float32 {floor:.2e}; bound {tolerance:.1e}", flush=True)
+            assert error <= tolerance, (error, tolerance)
+        ours = expected = official32 = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

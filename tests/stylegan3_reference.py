@@ -316,8 +316,8 @@ def upfirdn2d(x, f, up=1, down=1, padding=(0, 0, 0, 0), gain=1.0, separable=Fals
     applied as its 2-D outer product (tests) or, with ``separable`` (the benchmark's 1024² check, where 2-D float64
     filters would take minutes), as two 1-D passes like the official code."""
     if f is None:
-        f = torch.ones([1, 1], dtype=torch.float64)
-    f = f.to(device=x.device, dtype=torch.float64)
+        f = torch.ones([1, 1], dtype=x.dtype)
+    f = f.to(device=x.device, dtype=x.dtype)
     B, C, H, W = x.shape
     y = x.new_zeros(B, C, H * up, W * up)
     y[:, :, ::up, ::up] = x
@@ -350,12 +350,23 @@ def ref_layer(x, w, L, clamp, separable=False):
     return x
 
 
-def ref_synthesis(P, ws, separable=False):
+def cast(P, dtype):
+    """``P`` with every floating tensor in ``dtype``."""
+    if isinstance(P, dict):
+        return {k: cast(v, dtype) for k, v in P.items()}
+    if isinstance(P, (list, tuple)):
+        return type(P)(cast(v, dtype) for v in P)
+    return P.to(dtype) if isinstance(P, torch.Tensor) and P.is_floating_point() else P
+
+
+def ref_synthesis(P, ws, separable=False, dtype=torch.float64):
     """Image ``[B, C, R, R]`` of W+ ``ws`` ``[B, num_ws, w_dim]``, one sample at a time (the official batch-wide
-    style normalisation then equals the per-sample one)."""
+    style normalisation then equals the per-sample one), computed in ``dtype`` (float64; float32 measures the
+    official formulation's own float32 rounding, the benchmark's tolerance floor)."""
+    P = cast(P, dtype)
     images = []
     for b in range(ws.shape[0]):
-        rows = ws[b:b + 1].double().unbind(1)
+        rows = ws[b:b + 1].to(dtype).unbind(1)
         x = ref_input(P["input"], rows[0])
         for L, w in zip(P["layers"], rows[1:], strict=True):
             x = ref_layer(x, w, L, P["clamp"], separable)

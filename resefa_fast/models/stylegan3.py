@@ -470,6 +470,11 @@ class StyleGAN3Generator(nn.Module):
               "num_layers", (num_layers, num_critical))
         check(isinstance(margin_size, (int, np.integer)) and margin_size >= 0, "margin_size", "an int >= 0",
               margin_size)
+        sch = layer_schedule(int(img_resolution), int(img_channels), channel_base, channel_max, int(num_layers),
+                             int(num_critical), first_cutoff, first_stopband, last_stopband_rel, int(margin_size))
+        check(int(sch["channels"].min()) >= 1, "channel_base",
+              f"large enough for at least one channel per layer at img_resolution {img_resolution} (layer channels "
+              f"{sch['channels'].tolist()})", channel_base)
         self.init_kwargs: Dict[str, Any] = dict(
             z_dim=int(z_dim), w_dim=int(w_dim), c_dim=int(c_dim), img_resolution=int(img_resolution),
             img_channels=int(img_channels), channel_base=int(channel_base), channel_max=int(channel_max),

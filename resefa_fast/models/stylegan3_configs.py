@@ -90,7 +90,7 @@ def build_stylegan3(name: str, seed: int = 0, **overrides):
 def random_stylegan3(resolution: int = 1024, cfg: str = "t", w_dim: int = 512, seed: int = 0, small: bool = False):
     """A StyleGAN3-T or -R with the release channel counts at ``resolution`` and random weights, the input's
     affine and the magnitude EMAs perturbed so that the learned transform and input gains matter (``small``:
-    channel_base 512, channel_max 16 for T; twice that for R). The factory signature of the benchmarks."""
+    channel_max 16 for T, 32 for R, at least 8 / 16 channels per layer). The factory signature of the benchmarks."""
     import torch
 
     from .stylegan3 import StyleGAN3Generator
@@ -98,7 +98,9 @@ def random_stylegan3(resolution: int = 1024, cfg: str = "t", w_dim: int = 512, s
         raise ResefaError(f"`cfg` must be 't' or 'r'; got {cfg!r}")
     kwargs = _kwargs(cfg, resolution, w_dim=w_dim, z_dim=w_dim)
     if small:
-        kwargs.update(channel_base=512 * (2 if cfg == "r" else 1), channel_max=16 * (2 if cfg == "r" else 1))
+        # the last layers get channel_base / resolution channels: 8 (T) / 16 (R) at any resolution
+        kwargs.update(channel_base=max(512, 8 * resolution) * (2 if cfg == "r" else 1),
+                      channel_max=16 * (2 if cfg == "r" else 1))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         G = StyleGAN3Generator(**kwargs).eval().requires_grad_(False)
