@@ -3,8 +3,8 @@
 # under $OUT, a short table last. Steps are chosen on the command line (a device call is limited to 10 minutes):
 #   GIT_COMMIT=<sha> bash benchmarks/run_gpu.sh build tests bench:main_job bench:models ...
 #   (no arguments: build tests and every bench_*.py, which is longer than one call allows)
-# "tests" runs the test files whose tests are parametrised over CUDA; "tests:FILE" one file; "bench:NAME" runs
-# benchmarks/bench_NAME.py --json $OUT/NAME.json; "train:ARGS" runs python -m resefa_fast.train ARGS.
+# "tests" runs the test files whose tests are parametrised over CUDA; "tests:FILE" one file; "bench:NAME[:ARGS]"
+# runs benchmarks/bench_NAME.py --json $OUT/NAME.json ARGS; "train:ARGS" runs python -m resefa_fast.train ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -29,8 +29,8 @@ for step in "${steps[@]}"; do
       status tests "$(tail -1 "$OUT/pytest.log") ($(( $(date +%s) - start )) s)";;
     tests:*) f=${step#tests:}; timeout 400 python3 -m pytest -q -p no:cacheprovider "$f" > "$OUT/pytest_$(basename "$f" .py).log" 2>&1
       status "$f" "$(tail -1 "$OUT/pytest_$(basename "$f" .py).log") ($(( $(date +%s) - start )) s)";;
-    bench:*) name=${step#bench:}
-      timeout 480 python3 "benchmarks/bench_$name.py" --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+    bench:*) spec=${step#bench:}; name=${spec%%:*}; extra=""; [ "$spec" != "$name" ] && extra=${spec#*:}
+      timeout 480 python3 "benchmarks/bench_$name.py" --json "$OUT/$name.json" $extra > "$OUT/$name.log" 2>&1
       status "bench_$name" "rc=$? ($(( $(date +%s) - start )) s)";;
     train:*) timeout 560 python3 -m resefa_fast.train ${step#train:} > "$OUT/train.log" 2>&1
       status train "rc=$? ($(( $(date +%s) - start )) s)"; tail -5 "$OUT/train.log";;
