@@ -494,14 +494,19 @@ def test_engine_output_feeds_the_solvers(tmp_path):
 @pytest.mark.parametrize("precision", ["tf32", "bfloat16"])
 def test_reduced_precision_on_cuda_passes_the_checks(precision):
     """The input checks (determinism, ...) run in float32: under tf32 two calls may round differently, which must
-    not be mistaken for random noise; the reduced-precision J stays close to the float32 J."""
+    not be mistaken for random noise. The reduced-precision J is as close to the float32 J as reverse mode in the
+    same precision is (the tolerance comes from that plain computation's own rounding, STYLE.md)."""
+    from resefa_fast.jacobian.engine import _precision
     from resefa_fast.models import random_stylegan2
 
     G = random_stylegan2(64, w_dim=32, small=True).cuda()
     ws = G.map(torch.randn(1, G.z_dim, device="cuda", generator=torch.Generator("cuda").manual_seed(0)))[0]
-    J = jacobian(G, ws, readout=readouts.rgb(), progress=False)
-    low = jacobian(G, ws, readout=readouts.rgb(), precision=precision, progress=False)
-    assert relative_error(low.cpu(), J.cpu()) <= {"tf32": 1e-2, "bfloat16": 1e-1}[precision]  # ~10 layers, 2^-11 or 2^-8
+    readout = readouts.area(16, "sum")
+    J = jacobian(G, ws, readout=readout, progress=False)
+    low = jacobian(G, ws, readout=readout, precision=precision, progress=False)
+    with _precision(precision, torch.device("cuda")):
+        plain_low = reverse_jacobian(lambda x: G.synthesize(x[None])[0], ws, readout)
+    assert 0 < relative_error(low.cpu(), J.cpu()) <= 2 * relative_error(plain_low.cpu(), J.cpu()) + 1e-3
     G.noise_mode = "random"
     with pytest.raises(ResefaError, match="deterministic"):
-        jacobian(G, ws, readout=readouts.rgb(), precision=precision, progress=False)
+        jacobian(G, ws, readout=readout, precision=precision, progress=False)
