@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import ResefaError, check
+from .jacobian import PRECISIONS
 from .regions import Box
 
 
@@ -92,7 +93,7 @@ def _model_options(parser, seeds_required=False):
     group.add_argument("--readout", default="original",
                        help="pixels analysed: original (as the original code: nearest resize to 256, channel sum "
                             "above 256), original:SIZE, area:SIZE[:rgb|sum|gray], rgb, gray, sum")
-    group.add_argument("--precision", choices=("float32", "tf32", "bf16"), default="float32",
+    group.add_argument("--precision", choices=PRECISIONS, default="float32",
                        help="arithmetic of the Jacobian's forward passes (default float32: tf32 off)")
 
 
@@ -341,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--locality-top", type=int, default=0,
                       help="measure the in/out pixel change of finite edits for the top N directions of every "
                            "region (needs the model; default 0)")
-    mine.add_argument("--strengths", default="-10,10", help="edit strengths of the locality measure")
+    mine.add_argument("--strengths", default="-10,10",
+                      help="edit strengths of the locality measure (write --strengths=-6,6: a leading minus)")
     mine.add_argument("--regions", default=None, help="comma-separated preset names, e.g. eyes,nose,mouth")
     mine.add_argument("--box", action="append", help="one box cx,cy,h,w (repeatable)")
     mine.add_argument("--boxes", default=None, help="text file of boxes: 'cx cy h w [name]' per line")

@@ -17,10 +17,26 @@ README = open(os.path.join(ROOT, "README.md")).read()
 
 
 def test_main_job_command_runs_as_written(tmp_path):
-    setup_lines = [line for line in README.splitlines() if line.startswith("pip install") and "resefa_fast" in line]
-    assert len(setup_lines) == 1, "the README must show one main-job command"
+    setup_lines = [line for line in README.splitlines() if line.startswith("pip install")]
+    assert len(setup_lines) == 2, "the README must show two commands: the main job and the tests"
     main_job = setup_lines[0].split("&&")[-1].strip()
-    assert main_job == "python -m resefa_fast"
+    assert main_job == "resefa-fast demo"
+    done = subprocess.run([sys.executable, "-m", "resefa_fast.cli", "demo", "--out", str(tmp_path / "demo"),
+                           "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=ENV)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = resefa_fast.load_results(str(tmp_path / "demo" / "store"))
+    assert results.names == ["left_eye", "right_eye", "nose", "mouth"] and results.latents == [0, 1, 2, 3]
+    for n in results.latents:  # the built-in model's part directions are local: more change inside than out
+        data = results.get(n)
+        assert np.all(data["locality_inside"][:, 0] > data["locality_outside"][:, 0])
+    for name in ("report.html", "edits/seed0_mouth.png", "edits/seed0_mouth_direction000.gif"):
+        assert (tmp_path / "demo" / name).exists(), name
+    assert "report:" in done.stdout
+
+
+def test_solver_demo_runs(tmp_path):
+    """`python -m resefa_fast`, the quick solver-only run the README mentions."""
+    assert "`python -m resefa_fast`" in README
     done = subprocess.run([sys.executable, "-m", "resefa_fast", "--out", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -28,6 +44,30 @@ def test_main_job_command_runs_as_written(tmp_path):
     assert directions.shape == (7, 8, 512)
     np.testing.assert_allclose(np.linalg.norm(directions, axis=-1), 1.0, atol=1e-10)
     assert "check of 'chin' against the float64 reference" in done.stdout
+
+
+def test_model_example_runs(tmp_path, monkeypatch):
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "rf.mine(" in b)
+    monkeypatch.chdir(tmp_path)
+    namespace = {"rf": resefa_fast}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["images"].shape == (2, 3, 3, 64, 64)
+    assert namespace["store"].get(1)["locality_inside"].shape == (2, 2)
+
+
+def test_model_cli_examples_run_as_written(tmp_path):
+    import shlex
+
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", README, re.S) if "resefa-fast jacobian" in b)
+    commands = [line for line in block.splitlines() if line.startswith("resefa-fast ")]
+    assert [c.split()[1] for c in commands] == ["jacobian", "mine", "edit", "report"]
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", "resefa_fast.cli"] + shlex.split(command)[1:], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600, env=ENV)
+        assert done.returncode == 0, command + "\n" + done.stderr
+    assert resefa_fast.load_results(str(tmp_path / "faces_mined")).names == ["procedural/mouth", "procedural/nose"]
+    assert (tmp_path / "faces_mined" / "report.html").exists()
+    assert (tmp_path / "faces_edits" / "latent0_procedural_mouth.png").exists()
 
 
 def test_python_example_runs(tmp_path, monkeypatch):
