@@ -2,9 +2,9 @@
 (random weights, config-f), Jacobian included, under a minute on an H100.
 
 Phases, each timed on its own, then the whole ``resefa_fast.mine`` call end to end:
-- ``jacobian``: ``rf.jacobian(G, ws, readout=original)`` — W+ (9,216 tangents, layer skip), at each precision;
-  float32 is timed on a sample of columns (every 8th tangent of every W+ row) and extrapolated, the precision the
-  end-to-end run uses is timed in full; the sampled columns of tf32 / bf16 are compared with float32's;
+- ``jacobian``: ``rf.jacobian(G, ws, readout=original)`` — W+ (9,216 tangents, layer skip): each precision, and
+  each ``--chunks`` size at ``--precision``, timed on a sample of columns (every 8th tangent of every W+ row) and
+  extrapolated (sampled J compared with the first's); the fastest chunk at ``--precision`` is timed in full;
 - ``mine``: ``Factorizer(J).factorize_many(1000 boxes, k=16)`` (bulk path, float64);
 - ``end to end``: ``rf.mine(model, boxes, seeds=[0], space="wp", precision=P)``, store writes included.
 
@@ -58,6 +58,9 @@ def main(argv=None):
     parser.add_argument("--small", action="store_true", help="CPU-sized: 32² generator, 64 boxes")
     parser.add_argument("--precision", default="tf32", help="precision of the full Jacobian and the end-to-end run")
     parser.add_argument("--regions", type=int, default=1000)
+    parser.add_argument("--sample-precisions", default="float32,tf32,bfloat16",
+                        help="precisions timed on the column sample (auto chunk); the first is the error reference")
+    parser.add_argument("--chunks", default="", help="chunk sizes timed on the sample at --precision, e.g. 16,32,64")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -76,33 +79,43 @@ def main(argv=None):
     d = G.num_ws * G.w_dim
     rows = []
 
-    # Jacobian: float32 (and the other precisions) on a column sample; the chosen precision in full
+    # Jacobian: the precisions, then chunk sizes, on a column sample (extrapolated); the best in full
     sample = torch.arange(0, d, 8)
     rf.jacobian(G, ws[0], readout=readout, columns=sample[:64].tolist(), progress=False)  # warm-up (cuDNN plans)
-    sampled = {}
-    for precision in ("float32", "tf32", "bfloat16"):
-        seconds, (J, info) = timed(device, lambda p=precision: rf.jacobian(
-            G, ws[0], readout=readout, precision=p, columns=sample.tolist(), progress=False, return_info=True))
-        sampled[precision] = J.float()
-        error = float((J.float() - sampled["float32"]).norm() / sampled["float32"].norm())
-        rows.append(dict(phase="jacobian (sampled, extrapolated)", precision=precision,
-                         seconds=seconds * d / len(sample), rel_error_vs_float32=error))
+    reference = None
+    trials = [(p, None) for p in args.sample_precisions.split(",") if p] + [
+        (args.precision, int(c)) for c in args.chunks.split(",") if c]
+    best = (float("inf"), None)
+    for precision, chunk in trials:
+        seconds, (J, info) = timed(device, lambda p=precision, c=chunk: rf.jacobian(
+            G, ws[0], readout=readout, precision=p, columns=sample.tolist(), chunk_size=c, progress=False,
+            return_info=True))
+        reference = J.float() if reference is None else reference
+        error = float((J.float() - reference).norm() / reference.norm())
+        chunks = sorted(set(info.chunk_sizes)) if hasattr(info, "chunk_sizes") else None
+        rows.append(dict(phase=f"jacobian (sampled, extrapolated), chunk {chunk or 'auto'}", precision=precision,
+                         seconds=seconds * d / len(sample), rel_error_vs_first=error, chunks=chunks))
         print(rows[-1], flush=True)
-    del sampled
+        if precision == args.precision and seconds < best[0]:
+            best = (seconds, chunk)
+    del reference
+    chunk = best[1]
     seconds, J = timed(device, lambda: rf.jacobian(G, ws[0], readout=readout, precision=args.precision,
-                                                     progress=False))
-    rows.append(dict(phase="jacobian (full)", precision=args.precision, seconds=seconds, shape=list(J.shape)))
+                                                     chunk_size=chunk, progress=False))
+    rows.append(dict(phase=f"jacobian (full), chunk {chunk or 'auto'}", precision=args.precision, seconds=seconds,
+                     shape=list(J.shape)))
     print(rows[-1], flush=True)
     factorizer_seconds, result = timed(device, lambda: rf.Factorizer(J, grid=(1, grid, grid)).factorize_many(
         boxes, k=16, progress=False))
     rows.append(dict(phase=f"mine {len(boxes)} regions (precompute + bulk)", precision="float64",
                      seconds=factorizer_seconds, max_residual=float(result.residuals.max())))
     print(rows[-1], flush=True)
-    del J, result
+    J = result = None  # free the device memory before the end-to-end run
     with tempfile.TemporaryDirectory() as out:
         seconds, _ = timed(device, lambda: rf.mine(model, boxes, out=os.path.join(out, "store"), k=16, seeds=[0],
                                                    space="wp", readout="original" if not args.small else
                                                    "original:16", precision=args.precision, device=str(device),
+                                                   chunk_size=chunk,
                                                    progress=False))
     rows.append(dict(phase=f"end to end: rf.mine, {len(boxes)} regions, 1 latent, W+", precision=args.precision,
                      seconds=seconds, target_seconds=TARGET_SECONDS if not args.small else None))

@@ -59,7 +59,7 @@ def mine(source, regions, out: str, k: int = 16, tau: float = 1e-3, normalize: s
          batched: Optional[bool] = None, grid=None, device: Optional[str] = None, progress: bool = True,
          shard: Tuple[int, int] = (0, 1), seeds: Optional[Sequence[int]] = None, latents=None,
          latent_kind: str = "z", truncation_psi: float = 1.0, space: str = "w", readout: str = "original",
-         precision: str = "float32", locality_top: int = 0,
+         precision: str = "float32", chunk_size: Optional[int] = None, locality_top: int = 0,
          locality_strengths: Sequence[float] = (-DEFAULT_STRENGTH, DEFAULT_STRENGTH)) -> Results:
     """Directions for every region × every latent code into the results store ``out``; resumable.
 
@@ -70,7 +70,8 @@ def mine(source, regions, out: str, k: int = 16, tau: float = 1e-3, normalize: s
     - a Jacobian store directory (``resefa-fast jacobian``): its model, codes, readout and space are recorded;
     - a model (a checkpoint path, ``builtin:NAME`` or a :class:`~resefa_fast.pipeline.Model`) with ``seeds`` or
       ``latents`` (codes of ``latent_kind``, truncated by ``truncation_psi``): each latent code's Jacobian
-      (``space``, ``readout``, ``precision``) is computed on the device, used and dropped.
+      (``space``, ``readout``, ``precision``, ``chunk_size`` tangents per call) is computed on the device, used
+      and dropped.
 
     ``regions``: anything :func:`resefa_fast.regions.as_regions` takes (a list of presets, ``[R, 4]`` boxes,
     ``[R, H, W]`` masks). ``device``: where to compute (default: CUDA if available). ``locality_top``: for the top
@@ -103,7 +104,7 @@ def mine(source, regions, out: str, k: int = 16, tau: float = 1e-3, normalize: s
 
         def latent(n):
             return jacobian(model.generator, jacobian_latent(ws[n], space), readout=read, precision=precision,
-                            progress=False).reshape(shape[1:])
+                            chunk_size=chunk_size, progress=False).reshape(shape[1:])
     else:
         if isinstance(source, (str, os.PathLike)) and is_jacobian_store(source):
             store_manifest, array, codes = read_jacobian_store(os.fspath(source))
