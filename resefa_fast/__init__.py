@@ -24,7 +24,8 @@ from .store import load_results
 from .regions import PRESETS, Box, box_mask, masks_from_labels, preset
 
 __all__ = [
-    "Box", "Directions", "Factorizer", "Grams", "JacobianInfo", "Memmap", "PRESETS", "ResefaError", "StagedGenerator",
-    "backend_info", "box_mask", "edit", "factorize", "in_out_change", "open_model", "jacobian", "load_results", "masks_from_labels", "mine", "models", "preset",
-    "readouts", "reference", "regions", "__version__",
+    "Box", "Directions", "Factorizer", "Grams", "JacobianInfo", "Memmap", "PRESETS", "ResefaError",
+    "StagedGenerator", "backend_info", "box_mask", "edit", "factorize", "in_out_change", "open_model", "jacobian",
+    "load_results", "masks_from_labels", "mine", "models", "preset", "readouts", "reference", "regions",
+    "__version__",
 ]

@@ -83,18 +83,31 @@ def _model_options(parser, seeds_required=False):
     group.add_argument("--seeds", default=None, required=seeds_required and False,
                        help="seeds of the z codes, e.g. 0-9,42 (z = np.random.RandomState(seed).randn(z_dim))")
     group.add_argument("--latents", default=None, help=".npy file of latent codes (instead of --seeds)")
-    group.add_argument("--latent-kind", choices=("z", "w", "wp"), default="z",
+    group.add_argument("--latent-kind", choices=("z", "w", "wp", "z+embedding"), default="z",
                        help="what --latents holds: z [N, z_dim] (the original scripts), w [N, w_dim] or W+ "
-                            "[N, num_ws, w_dim]")
-    group.add_argument("--truncation-psi", type=float, default=1.0, help="truncation ψ of z/w codes (default 1)")
-    group.add_argument("--space", choices=("w", "wp"), default="w",
-                       help="Jacobian w.r.t. w (one w on all layers, as the original; d = w_dim) or W+ "
-                            "(d = num_ws·w_dim)")
+                            "[N, num_ws, w_dim]; BigGAN: z or z+embedding [N, z_dim + embed_dim]")
+    group.add_argument("--truncation-psi", type=float, default=1.0,
+                       help="truncation ψ of z/w codes (default 1); BigGAN: the truncation z is sampled with")
+    group.add_argument("--class", dest="class_index", type=int, default=None,
+                       help="BigGAN: the ImageNet class index to generate (required for a BigGAN)")
+    group.add_argument("--space", choices=("w", "wp", "z", "z+embedding"), default=None,
+                       help="StyleGAN: w (one w on all layers, as the original; d = w_dim, the default) or wp (W+, "
+                            "d = num_ws·w_dim); BigGAN: z (the default) or z+embedding (directions across classes)")
     group.add_argument("--readout", default="original",
                        help="pixels analysed: original (as the original code: nearest resize to 256, channel sum "
                             "above 256), original:SIZE, area:SIZE[:rgb|sum|gray], rgb, gray, sum")
     group.add_argument("--precision", choices=PRECISIONS, default="float32",
                        help="arithmetic of the Jacobian's forward passes (default float32: tf32 off)")
+
+
+def _open(args, spec):
+    from .pipeline import open_model
+
+    return open_model(spec, args.device, class_index=args.class_index, truncation=args.truncation_psi)
+
+
+def _space(args, model) -> str:
+    return args.space or model.spaces[0]
 
 
 def _codes(args):
@@ -110,16 +123,18 @@ def _codes(args):
 
 
 def cmd_jacobian(args) -> int:
-    from .pipeline import open_model, write_jacobian_store
+    from .pipeline import write_jacobian_store
 
-    model = open_model(args.model, args.device)
+    model = _open(args, args.model)
     seeds, codes = _codes(args)
     ws = model.latents(seeds or (), codes=codes, kind=args.latent_kind, truncation_psi=args.truncation_psi)
-    manifest = write_jacobian_store(model, ws, args.out, space=args.space, readout=args.readout, seeds=seeds,
+    manifest = write_jacobian_store(model, ws, args.out, space=_space(args, model), readout=args.readout,
+                                    seeds=seeds,
                                     precision=args.precision, progress=not args.quiet,
                                     settings={"truncation_psi": args.truncation_psi, "latents": args.latents,
                                               "latent_kind": args.latent_kind})
-    print(f"Jacobians {manifest['shape']} of {model.spec} ({args.space}, readout {args.readout}) in {args.out}")
+    print(f"Jacobians {manifest['shape']} of {model.spec} ({manifest['space']}, readout {args.readout}) in "
+          f"{args.out}")
     return 0
 
 
@@ -158,10 +173,10 @@ def cmd_mine(args, shard=(0, 1)) -> int:
         check(len(files) > 0, "--masks", "a folder with .png or .npy masks", repr(args.masks))
         regions += files
     from_model = _is_model(args.jacobian)
+    model = _open(args, args.jacobian) if from_model else None
     if args.box_grid:
         if from_model:
-            from .pipeline import open_model, parse_readout
-            model = open_model(args.jacobian, args.device)
+            from .pipeline import parse_readout
             with torch.no_grad():
                 grid = tuple(parse_readout(args.readout)(model.synthesize(model.latents([0]))).shape[1:])
         else:
@@ -173,14 +188,14 @@ def cmd_mine(args, shard=(0, 1)) -> int:
     if from_model:
         seeds, codes = _codes(args)
         extra = dict(seeds=seeds, latents=codes, latent_kind=args.latent_kind, truncation_psi=args.truncation_psi,
-                     space=args.space, readout=args.readout, precision=args.precision)
+                     space=_space(args, model), readout=args.readout, precision=args.precision)
     else:
         check(args.seeds is None and args.latents is None, "--seeds", "no --seeds / --latents when the source is a "
               "stored Jacobian (its latent codes are fixed)", args.seeds or args.latents)
-    results = mine(args.jacobian, regions, out=args.out, k=args.k, tau=args.tau, normalize=args.normalize,
-                   grid=_grid(args), device=args.device, progress=not args.quiet and shard[0] == 0, shard=shard,
-                   locality_top=args.locality_top, locality_strengths=_floats(args.strengths, "--strengths"),
-                   **extra)
+    results = mine(model if from_model else args.jacobian, regions, out=args.out, k=args.k, tau=args.tau,
+                   normalize=args.normalize, grid=_grid(args), device=args.device,
+                   progress=not args.quiet and shard[0] == 0, shard=shard, locality_top=args.locality_top,
+                   locality_strengths=_floats(args.strengths, "--strengths"), **extra)
     if shard[0] == 0:
         print(f"{len(results.names)} regions x {len(results.latents)} latent codes in {args.out}")
     if args.export_original and shard[1] == 1:
@@ -207,11 +222,10 @@ def _ints(text: str, argument: str) -> List[int]:
 
 def cmd_edit(args) -> int:
     from .editing import edit, strengths_between
-    from .pipeline import open_model
     from .regions import as_regions
     from .visualize import draw_region, grid_image, save_gif, save_png, to_uint8
 
-    model = open_model(args.model, args.device)
+    model = _open(args, args.model)
     directions, region, names = _directions_for_edit(args, model)
     if args.seeds is not None or args.latents is not None:
         seeds, codes = _codes(args)

@@ -145,7 +145,8 @@ def sygvdx_topk(a: torch.Tensor, b: torch.Tensor, k: int) -> Tuple[torch.Tensor,
     _check_square(a, "a")
     _check_square(b, "b")
     check(b.shape == a.shape and b.dtype == a.dtype and b.device == a.device, "b",
-          f"of a's shape {tuple(a.shape)}, dtype {a.dtype}, device {a.device}", f"{tuple(b.shape)} {b.dtype} {b.device}")
+          f"of a's shape {tuple(a.shape)}, dtype {a.dtype}, device {a.device}",
+          f"{tuple(b.shape)} {b.dtype} {b.device}")
     check(isinstance(k, int) and 1 <= k <= a.shape[0], "k", f"an int in [1, {a.shape[0]}]", k)
     values, rows = _call("sygvdx_topk", a.contiguous(), b.contiguous(), k)
     return values, rows.mT

@@ -30,28 +30,22 @@ def strengths_between(start: float = -DEFAULT_STRENGTH, end: float = DEFAULT_STR
     return np.linspace(start, end, steps)
 
 
-def edit_codes(ws: torch.Tensor, directions, strengths, layers: Optional[Sequence[int]] = None) -> torch.Tensor:
-    """W+ codes ``[k, S, num_ws, w_dim]``: ``ws`` ``[num_ws, w_dim]`` moved along each of ``directions``
-    ``[k, d]`` (d = w_dim or num_ws·w_dim) by each of ``strengths`` ``[S]`` on the rows ``layers``."""
-    num_ws, w_dim = ws.shape
+def edit_codes(ws: torch.Tensor, directions, strengths, layers: Optional[Sequence[int]] = None,
+               model=None) -> torch.Tensor:
+    """Codes ``[k, S, *code_shape]``: ``ws`` moved along each of ``directions`` ``[k, d]`` by each of
+    ``strengths`` ``[S]``. For a StyleGAN (the default) ``ws`` is W+ ``[num_ws, w_dim]``, d = w_dim or num_ws·w_dim,
+    and ``layers`` the edited rows; ``model`` (a :class:`resefa_fast.pipeline.Model`) decides for other families."""
+    from .pipeline import Model
+
     directions = as_tensor(directions, "directions").to(ws.device, torch.float32)
     if directions.ndim == 1:
         directions = directions[None]
-    check(directions.ndim == 2 and directions.shape[1] in (w_dim, num_ws * w_dim), "directions",
-          f"[k, {w_dim}] (w) or [k, {num_ws * w_dim}] (W+) rows", tuple(directions.shape))
+    check(directions.ndim == 2, "directions", "rows [k, d]", tuple(directions.shape))
     strengths = torch.as_tensor(np.asarray(strengths, dtype=np.float32).reshape(-1), device=ws.device)
-    rows = torch.zeros(num_ws, dtype=torch.bool, device=ws.device)
-    if layers is None:
-        rows[:] = True
-    else:
-        layers = list(layers)
-        check(len(layers) > 0 and all(isinstance(i, int) and 0 <= i < num_ws for i in layers), "layers",
-              f"W+ rows in [0, {num_ws})", layers)
-        rows[layers] = True
-    k = directions.shape[0]
-    step = directions.reshape(k, 1, w_dim) if directions.shape[1] == w_dim else directions.reshape(k, num_ws, w_dim)
-    step = step * rows[None, :, None]  # [k, num_ws, w_dim]: nothing added on rows that are not edited
-    return ws[None, None] + strengths[None, :, None, None] * step[:, None]
+    if model is None:
+        model = Model.__new__(Model)  # the StyleGAN rule needs only the code's shape
+        model.generator = type("Shape", (), {"num_ws": ws.shape[0], "w_dim": ws.shape[1]})()
+    return model.edit_codes(ws, directions, strengths, layers)
 
 
 def edit(model, ws, directions, strengths=None, layers: Optional[Sequence[int]] = None, batch: int = 16):
@@ -63,7 +57,7 @@ def edit(model, ws, directions, strengths=None, layers: Optional[Sequence[int]] 
     model = open_model(model)
     ws = _one_code(ws, model)
     strengths = strengths_between() if strengths is None else strengths
-    codes = edit_codes(ws, directions, strengths, layers)
+    codes = edit_codes(ws, directions, strengths, layers, model)
     k, S = codes.shape[:2]
     images = model.synthesize(codes.reshape(k * S, *ws.shape), batch=batch)
     return images.reshape(k, S, *images.shape[1:])
@@ -106,8 +100,9 @@ def change_inside_outside(images: torch.Tensor, base: torch.Tensor, weights: tor
 
 def _one_code(ws, model) -> torch.Tensor:
     ws = as_tensor(ws, "ws").to(model.device, torch.float32)
-    if ws.ndim == 3 and ws.shape[0] == 1:
+    shape = tuple(model.code_shape)
+    if ws.ndim == len(shape) + 1 and ws.shape[0] == 1:
         ws = ws[0]
-    check(tuple(ws.shape) == (model.num_ws, model.w_dim), "ws", f"one W+ code [{model.num_ws}, {model.w_dim}]",
+    check(tuple(ws.shape) == shape, "ws", f"one code {list(shape)} of this model (W+ for a StyleGAN)",
           tuple(ws.shape))
     return ws

@@ -59,7 +59,8 @@ def mine(source, regions, out: str, k: int = 16, tau: float = 1e-3, normalize: s
          batched: Optional[bool] = None, grid=None, device: Optional[str] = None, progress: bool = True,
          shard: Tuple[int, int] = (0, 1), seeds: Optional[Sequence[int]] = None, latents=None,
          latent_kind: str = "z", truncation_psi: float = 1.0, space: str = "w", readout: str = "original",
-         precision: str = "float32", chunk_size: Optional[int] = None, locality_top: int = 0,
+         precision: str = "float32", chunk_size: Optional[int] = None, class_index: Optional[int] = None,
+         locality_top: int = 0,
          locality_strengths: Sequence[float] = (-DEFAULT_STRENGTH, DEFAULT_STRENGTH)) -> Results:
     """Directions for every region × every latent code into the results store ``out``; resumable.
 
@@ -69,7 +70,8 @@ def mine(source, regions, out: str, k: int = 16, tau: float = 1e-3, normalize: s
       codes; the original's ``[N, H, W, 1, d]`` files work as they are), memory-mapped one latent code at a time;
     - a Jacobian store directory (``resefa-fast jacobian``): its model, codes, readout and space are recorded;
     - a model (a checkpoint path, ``builtin:NAME`` or a :class:`~resefa_fast.pipeline.Model`) with ``seeds`` or
-      ``latents`` (codes of ``latent_kind``, truncated by ``truncation_psi``): each latent code's Jacobian
+      ``latents`` (codes of ``latent_kind``, truncated by ``truncation_psi``; a BigGAN needs ``class_index`` and
+      takes ``truncation_psi`` as its sampling truncation): each latent code's Jacobian
       (``space``, ``readout``, ``precision``, ``chunk_size`` tangents per call) is computed on the device, used
       and dropped.
 
@@ -80,14 +82,15 @@ def mine(source, regions, out: str, k: int = 16, tau: float = 1e-3, normalize: s
     ``n ≡ rank (mod world)`` (:mod:`resefa_fast.distributed` sets it; every rank writes its own files into the same
     store). Returns :func:`~resefa_fast.load_results` of ``out``.
     """
-    from .pipeline import is_jacobian_store, jacobian_latent, open_model, parse_readout, read_jacobian_store
+    from .pipeline import Model, is_jacobian_store, open_model, parse_readout, read_jacobian_store
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     check(isinstance(locality_top, int) and 0 <= locality_top <= k, "locality_top", f"an int in [0, k={k}]",
           locality_top)
     model, ws, described = None, None, {}
     if _is_model(source):
-        model = open_model(source, device)
+        model = open_model(source, device, class_index=class_index, truncation=truncation_psi) \
+            if not isinstance(source, Model) else source
         check(seeds is not None or latents is not None, "seeds", "seeds or latents when mining from a model",
               "neither")
         ws = model.latents(seeds or (), codes=latents, kind=latent_kind, truncation_psi=truncation_psi)
@@ -95,16 +98,18 @@ def mine(source, regions, out: str, k: int = 16, tau: float = 1e-3, normalize: s
         N = ws.shape[0]
         with torch.no_grad():  # the grid: one image through the readout
             pixels = read(model.synthesize(ws[:1]))
-        grid_chw, dim = tuple(pixels.shape[1:]), jacobian_latent(ws[0], space).numel()
+        grid_chw, dim = tuple(pixels.shape[1:]), model.jacobian_call(ws[0], space)[1].numel()
         num_pixels = int(np.prod(grid_chw))
         shape = (N, num_pixels, dim)
         described = {"model": model.fingerprint, "space": space, "readout": readout, "precision": precision,
                      "seeds": list(seeds) if seeds is not None else None, "truncation_psi": truncation_psi,
+                     "class_index": getattr(model, "class_index", None),
                      "latents_sha256": hashlib.sha256(ws.cpu().numpy().tobytes()).hexdigest()}
 
         def latent(n):
-            return jacobian(model.generator, jacobian_latent(ws[n], space), readout=read, precision=precision,
-                            chunk_size=chunk_size, progress=False).reshape(shape[1:])
+            fn, at = model.jacobian_call(ws[n], space)
+            return jacobian(fn, at, readout=read, precision=precision, chunk_size=chunk_size,
+                            progress=False).reshape(shape[1:])
     else:
         if isinstance(source, (str, os.PathLike)) and is_jacobian_store(source):
             store_manifest, array, codes = read_jacobian_store(os.fspath(source))
@@ -112,7 +117,8 @@ def mine(source, regions, out: str, k: int = 16, tau: float = 1e-3, normalize: s
             ws = torch.as_tensor(codes)
             source_fingerprint = file_fingerprint(os.path.join(os.fspath(source), "jacobians.npy"))
             if locality_top:
-                model = open_model(store_manifest["model_spec"], device)
+                model = open_model(store_manifest["model_spec"], device, class_index=store_manifest.get(
+                    "class_index"), truncation=store_manifest.get("settings", {}).get("truncation_psi", 1.0))
                 check(model.fingerprint == store_manifest["model"], "source",
                       "a Jacobian store whose model file is unchanged (locality edits need the same model)",
                       store_manifest["model_spec"])

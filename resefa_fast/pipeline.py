@@ -26,8 +26,8 @@ from .errors import ResefaError, check
 from .jacobian import Memmap, jacobian, readouts
 from .store import file_fingerprint, write_bytes
 
-__all__ = ["Model", "open_model", "parse_seeds", "parse_readout", "SPACES", "LATENT_KINDS", "JACOBIAN_MANIFEST",
-           "write_jacobian_store", "read_jacobian_store", "jacobian_latent", "is_jacobian_store"]
+__all__ = ["BigGANModel", "Model", "open_model", "parse_seeds", "parse_readout", "SPACES", "LATENT_KINDS",
+           "JACOBIAN_MANIFEST", "write_jacobian_store", "read_jacobian_store", "jacobian_latent", "is_jacobian_store"]
 
 #: Latent spaces of a Jacobian: "w" (one w repeated on all layers, as the original) or "wp" (W+, every layer).
 SPACES = ("w", "wp")
@@ -95,14 +95,121 @@ class Model:
 
     @torch.no_grad()
     def synthesize(self, ws: torch.Tensor, batch: int = 16) -> torch.Tensor:
-        """Images ``[B, C, R, R]`` (about [-1, 1]) of W+ codes ``[B, num_ws, w_dim]``, in batches."""
+        """Images ``[B, C, R, R]`` (about [-1, 1]) of codes ``[B, *code_shape]``, in batches."""
         ws = ws.to(self.device, torch.float32)
-        return torch.cat([self.generator.synthesize(ws[i:i + batch]) for i in range(0, ws.shape[0], batch)])
+        return torch.cat([self._synthesize(ws[i:i + batch]) for i in range(0, ws.shape[0], batch)])
+
+    # ---- what differs between generator families (StyleGAN here; BigGANModel below) -----------------------------
+    #: Latent spaces a Jacobian can be taken in, and the default.
+    spaces = SPACES
+
+    @property
+    def code_shape(self):
+        """Shape of one stored code: W+ ``(num_ws, w_dim)``."""
+        return (self.num_ws, self.w_dim)
+
+    def _synthesize(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.generator.synthesize(codes)
+
+    def jacobian_call(self, code: torch.Tensor, space: str):
+        """``(fn, latent)`` for :func:`resefa_fast.jacobian` at one code, in ``space``."""
+        check(space in self.spaces, "space", f"one of {self.spaces} for this model", repr(space))
+        return self.generator, jacobian_latent(code, space)
+
+    def edit_codes(self, code: torch.Tensor, directions: torch.Tensor, strengths: torch.Tensor, layers=None):
+        """Codes ``[k, S, *code_shape]``: ``code`` moved along ``directions`` ``[k, d]`` by ``strengths`` ``[S]``;
+        a w direction (d = w_dim) on each edited W+ row, a W+ direction (d = num_ws·w_dim) on its own rows."""
+        num_ws, w_dim = self.code_shape
+        check(directions.shape[1] in (w_dim, num_ws * w_dim), "directions",
+              f"[k, {w_dim}] (w) or [k, {num_ws * w_dim}] (W+) rows", tuple(directions.shape))
+        rows = torch.zeros(num_ws, dtype=torch.bool, device=code.device)
+        if layers is None:
+            rows[:] = True
+        else:
+            layers = list(layers)
+            check(len(layers) > 0 and all(isinstance(i, int) and 0 <= i < num_ws for i in layers), "layers",
+                  f"W+ rows in [0, {num_ws})", layers)
+            rows[layers] = True
+        k = directions.shape[0]
+        step = directions.reshape(k, -1, w_dim) * rows[None, :, None]  # nothing added on rows not edited
+        return code[None, None] + strengths[None, :, None, None] * step[:, None]
 
 
-def open_model(spec: Union[str, os.PathLike, Model], device: Optional[str] = None) -> Model:
+class BigGANModel(Model):
+    """A BigGAN (:mod:`resefa_fast.models.biggan`) at one ImageNet class: codes are ``[z, e]``
+    ``[z_dim + embed_dim]`` (z sampled truncated-normal × ``truncation``, e the class embedding), so a code fixes
+    the class too. Jacobians in ``"z"`` (d = z_dim, the class embedding held) or ``"z+embedding"``
+    (d = z_dim + embed_dim: directions that carry over to other classes); edits add a z direction to z, a
+    z+embedding direction to both."""
+
+    spaces = ("z", "z+embedding")
+
+    def __init__(self, generator, spec, fingerprint, metadata=None, presets=None, class_index: int = 0,
+                 truncation: float = 1.0):
+        super().__init__(generator, spec, fingerprint, dict(metadata or {}), dict(presets or {}))
+        check(isinstance(class_index, int) and 0 <= class_index < generator.num_classes, "class_index",
+              f"a class index in [0, {generator.num_classes})", class_index)
+        self.class_index, self.truncation = class_index, generator._check_truncation(truncation)
+        self.fingerprint = dict(self.fingerprint, class_index=class_index, truncation=self.truncation)
+
+    @property
+    def num_ws(self) -> int:
+        return 1
+
+    @property
+    def w_dim(self) -> int:
+        return self.generator.z_dim
+
+    @property
+    def code_shape(self):
+        return (self.generator.z_dim + self.generator.embed_dim,)
+
+    def latents(self, seeds: Sequence[int] = (), codes=None, kind: str = "z", truncation_psi: float = 1.0,
+                truncation_cutoff: Optional[int] = None) -> torch.Tensor:
+        """Codes ``[N, z_dim + embed_dim]`` from ``seeds`` (z = ``truncated_z(seed)`` × the model's truncation) or
+        ``codes`` (z ``[N, z_dim]``, or full codes with ``kind="z+embedding"``), at the model's class."""
+        G = self.generator
+        check(kind in ("z", "z+embedding"), "kind", "'z' or 'z+embedding' for a BigGAN", repr(kind))
+        if codes is None:
+            check(len(seeds) > 0 and all(isinstance(s, int) and s >= 0 for s in seeds), "seeds",
+                  "at least one int seed >= 0", list(seeds)[:8])
+            z = torch.cat([G.sample_z(1, self.truncation, seed=s) for s in seeds])
+        else:
+            z = torch.as_tensor(np.asarray(codes, dtype=np.float32)).to(self.device)
+            if kind == "z+embedding":
+                check(z.ndim == 2 and tuple(z.shape[1:]) == self.code_shape, "latents",
+                      f"codes [N, {self.code_shape[0]}]", tuple(z.shape))
+                return z
+            check(z.ndim == 2 and z.shape[1] == G.z_dim, "latents", f"z codes [N, {G.z_dim}]", tuple(z.shape))
+        with torch.no_grad():
+            e = G.embed(self.class_index, batch=z.shape[0]).to(z.dtype)
+        return torch.cat([z, e], dim=1)
+
+    def _synthesize(self, codes: torch.Tensor) -> torch.Tensor:
+        z_dim = self.generator.z_dim
+        return self.generator.synthesize(codes[:, :z_dim], truncation=self.truncation, embedding=codes[:, z_dim:])
+
+    def jacobian_call(self, code: torch.Tensor, space: str):
+        check(space in self.spaces, "space", f"one of {self.spaces} for a BigGAN", repr(space))
+        z_dim = self.generator.z_dim
+        return self.generator.jacobian_inputs(code[:z_dim], truncation=self.truncation, space=space,
+                                              embedding=code[None, z_dim:])
+
+    def edit_codes(self, code, directions, strengths, layers=None):
+        z_dim, full = self.generator.z_dim, self.code_shape[0]
+        check(layers is None, "layers", "None for a BigGAN (no W+ rows)", layers)
+        check(directions.shape[1] in (z_dim, full), "directions", f"[k, {z_dim}] (z) or [k, {full}] (z+embedding)",
+              tuple(directions.shape))
+        step = torch.zeros(directions.shape[0], full, dtype=code.dtype, device=code.device)
+        step[:, :directions.shape[1]] = directions
+        return code[None, None] + strengths[None, :, None] * step[:, None]
+
+
+def open_model(spec: Union[str, os.PathLike, Model], device: Optional[str] = None, class_index: Optional[int] = None,
+               truncation: float = 1.0) -> Model:
     """A :class:`Model` from a checkpoint path (any format :func:`resefa_fast.models.load` reads) or a
-    ``builtin:NAME`` model shipped with the package. ``device``: default CUDA when available."""
+    ``builtin:NAME`` model shipped with the package. ``device``: default CUDA when available. A BigGAN needs
+    ``class_index`` (its ImageNet class) and takes its sampling ``truncation`` (:class:`BigGANModel`)."""
     from . import models
 
     if isinstance(spec, Model):
@@ -114,7 +221,13 @@ def open_model(spec: Union[str, os.PathLike, Model], device: Optional[str] = Non
     fingerprint = file_fingerprint(path) if os.path.isfile(path) else {"path": path}
     fingerprint.pop("path", None)  # the same file moved or shipped elsewhere is the same model
     fingerprint["spec"] = spec if spec.startswith("builtin:") else os.path.basename(spec)
-    return Model(loaded.generator, spec, fingerprint, loaded.metadata, dict(loaded.metadata.get("presets") or {}))
+    presets = dict(loaded.metadata.get("presets") or {})
+    if isinstance(loaded.generator, models.biggan._BigGANBase):
+        check(class_index is not None, "class_index", f"the class to generate for the BigGAN {spec} (an index in "
+              f"[0, {loaded.generator.num_classes}))", None)
+        return BigGANModel(loaded.generator, spec, fingerprint, loaded.metadata, presets, class_index, truncation)
+    check(class_index is None, "class_index", f"None: {spec} is not class-conditional BigGAN", class_index)
+    return Model(loaded.generator, spec, fingerprint, loaded.metadata, presets)
 
 
 def parse_seeds(text: str) -> List[int]:
@@ -169,14 +282,17 @@ def write_jacobian_store(model: Model, ws: torch.Tensor, out: str, space: str = 
                          seeds: Optional[Sequence[int]] = None, precision: str = "float32",
                          chunk_size: Optional[int] = None, progress: bool = True,
                          settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Jacobians of ``model`` at the W+ codes ``ws`` ``[N, num_ws, w_dim]`` into the store directory ``out``.
-    Returns the manifest. ``settings``: extra entries recorded (truncation, latent file)."""
-    check(space in SPACES, "space", f"one of {SPACES}", repr(space))
+    """Jacobians of ``model`` at the codes ``ws`` ``[N, *model.code_shape]`` (W+ for a StyleGAN) into the store
+    directory ``out``. Returns the manifest. ``settings``: extra entries recorded (truncation, latent file)."""
     read = parse_readout(readout)
+    calls = [model.jacobian_call(code, space) for code in ws]
     os.makedirs(out, exist_ok=True)
-    latents = [jacobian_latent(w, space) for w in ws]
-    array = jacobian(model.generator, latents, readout=read, out=Memmap(os.path.join(out, JACOBIAN_FILE)),
-                     precision=precision, chunk_size=chunk_size, progress=progress)
+    target = Memmap(os.path.join(out, JACOBIAN_FILE))
+    if isinstance(calls[0][0], torch.nn.Module) or len(calls) == 1:  # one function for every code (StyleGAN)
+        array = jacobian(calls[0][0], [latent for _, latent in calls], readout=read, out=target,
+                         precision=precision, chunk_size=chunk_size, progress=progress)
+    else:  # a function per code (BigGAN: the class embedding is part of the code)
+        array = _jacobians_one_by_one(calls, read, target.path, precision, chunk_size, progress)
     buffer = io.BytesIO()
     np.save(buffer, ws.cpu().numpy())
     write_bytes(os.path.join(out, LATENTS_FILE), buffer.getvalue())
@@ -184,6 +300,7 @@ def write_jacobian_store(model: Model, ws: torch.Tensor, out: str, space: str = 
         "kind": "resefa_fast.jacobian_store", "package_version": __version__, "model": model.fingerprint,
         "model_spec": model.spec, "readout": readout, "space": space, "precision": precision,
         "seeds": list(seeds) if seeds is not None else None, "shape": list(array.shape),
+        "class_index": getattr(model, "class_index", None),
         "settings": dict(settings or {}),
     }
     write_bytes(os.path.join(out, JACOBIAN_MANIFEST), json.dumps(manifest, indent=1).encode())
@@ -198,3 +315,19 @@ def read_jacobian_store(path: str):
     array = np.load(os.path.join(path, JACOBIAN_FILE), mmap_mode="r")
     ws = np.load(os.path.join(path, LATENTS_FILE))
     return manifest, array, ws
+
+
+def _jacobians_one_by_one(calls, read, path: str, precision: str, chunk_size, progress: bool) -> np.ndarray:
+    """Jacobians of codes that each come with their own function, stacked into one original-layout ``.npy``."""
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        parts = [jacobian(fn, latent, readout=read, out=Memmap(os.path.join(scratch, f"{n}.npy")),
+                         precision=precision, chunk_size=chunk_size, progress=progress)
+                 for n, (fn, latent) in enumerate(calls)]
+        stacked = np.concatenate([np.asarray(part) for part in parts])
+        buffer = io.BytesIO()
+        np.save(buffer, stacked)
+        write_bytes(path, buffer.getvalue())
+    return np.load(path, mmap_mode="r")

@@ -127,7 +127,8 @@ def masks_from_labels(label_map, labels: Optional[Sequence[int]] = None) -> Tupl
     ``labels`` picks and orders the labels (default: every label present, ascending). Returns the stack and the
     labels it holds."""
     labels_map = as_tensor(label_map, "label_map")
-    check(labels_map.dim() == 2, "label_map", "a 2-D array [H, W] of integer labels", f"shape {tuple(labels_map.shape)}")
+    check(labels_map.dim() == 2, "label_map", "a 2-D array [H, W] of integer labels",
+          f"shape {tuple(labels_map.shape)}")
     check(not labels_map.is_floating_point() or bool((labels_map == labels_map.round()).all()),
           "label_map", "integer labels")
     present = sorted(int(v) for v in torch.unique(labels_map).tolist())
@@ -225,7 +226,8 @@ def _one_region(region, grid: Optional[Grid], num_pixels: int, argument: str):
     mask = as_tensor(region, argument)
     check(mask.dim() in (1, 2), argument, "one mask [H, W] or flat weights [P]", f"shape {tuple(mask.shape)}")
     mask = mask.cpu() if mask.device.type != "cpu" else mask
-    return _flat_masks(mask.reshape(1, -1) if mask.dim() == 1 else mask[None], grid, num_pixels, argument)[0], "mask", None
+    flat = _flat_masks(mask.reshape(1, -1) if mask.dim() == 1 else mask[None], grid, num_pixels, argument)[0]
+    return flat, "mask", None
 
 
 def _is_box_array(t: torch.Tensor) -> bool:

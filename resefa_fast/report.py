@@ -68,7 +68,8 @@ def write_report(store: str, out: str, model=None, latent: Optional[int] = None,
     check(latent in results.latents, "latent", f"a stored latent code ({results.latents[:10]})", latent)
     spec = model if model is not None else results.manifest.get("model_spec")
     check(spec is not None, "model", "a model to render the edits (the store was mined from a bare Jacobian)", None)
-    model = open_model(spec)
+    source = results.manifest.get("source", {})
+    model = open_model(spec, class_index=source.get("class_index"), truncation=source.get("truncation_psi") or 1.0)
     fingerprint = results.manifest.get("source", {}).get("model")
     check(fingerprint is None or fingerprint == model.fingerprint, "model",
           "the model the store was mined with (same file)", f"{model.spec} differs from the store's {fingerprint}")

@@ -34,7 +34,8 @@ from .targets import make_target
 __all__ = ["jacobian", "JacobianInfo", "jvp_columns", "PRECISIONS"]
 
 #: Compute modes: "float32" (tf32 off for matmuls *and* cuDNN convolutions, which default to tf32 on Ampere+),
-#: "tf32" (on), "bfloat16" / "float16" (autocast: reduced-precision tangents, opt-in; see resefa_fast/jacobian/NOTES.md).
+#: "tf32" (on), "bfloat16" / "float16" (autocast: reduced-precision tangents, opt-in; see
+#: resefa_fast/jacobian/NOTES.md).
 PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 #: Chunk size on the CPU when none is given (memory is rarely the limit there; larger chunks stop paying off).
 CPU_CHUNK = 32
