@@ -61,6 +61,9 @@ def main(argv=None):
     parser.add_argument("--sample-precisions", default="float32,tf32,bfloat16",
                         help="precisions timed on the column sample (auto chunk); the first is the error reference")
     parser.add_argument("--chunks", default="", help="chunk sizes timed on the sample at --precision, e.g. 16,32,64")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also time the sample with the generator's weights in channels_last (NHWC) format")
+    parser.add_argument("--sample-only", action="store_true", help="stop after the sampled timings")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -98,7 +101,21 @@ def main(argv=None):
         print(rows[-1], flush=True)
         if precision == args.precision and seconds < best[0]:
             best = (seconds, chunk)
+    if args.channels_last:
+        G_nhwc = random_stylegan2(G.img_resolution, w_dim=G.w_dim, small=args.small).to(device)
+        G_nhwc = G_nhwc.to(memory_format=torch.channels_last)
+        G_nhwc.eval().requires_grad_(False)
+        rf.jacobian(G_nhwc, ws[0], readout=readout, columns=sample[:64].tolist(), progress=False)  # warm-up
+        seconds, J = timed(device, lambda: rf.jacobian(G_nhwc, ws[0], readout=readout, precision=args.precision,
+                                                         columns=sample.tolist(), progress=False))
+        error = float((J.float() - reference).norm() / reference.norm())
+        rows.append(dict(phase="jacobian (sampled, extrapolated), channels_last weights, chunk auto",
+                         precision=args.precision, seconds=seconds * d / len(sample), rel_error_vs_first=error))
+        print(rows[-1], flush=True)
+        del G_nhwc
     del reference
+    if args.sample_only:
+        return _report(args, device, G, boxes, d, rows)
     chunk = best[1]
     seconds, J = timed(device, lambda: rf.jacobian(G, ws[0], readout=readout, precision=args.precision,
                                                      chunk_size=chunk, progress=False))
@@ -121,6 +138,10 @@ def main(argv=None):
                      seconds=seconds, target_seconds=TARGET_SECONDS if not args.small else None))
     print(rows[-1], flush=True)
 
+    return _report(args, device, G, boxes, d, rows)
+
+
+def _report(args, device, G, boxes, d, rows):
     report = dict(device=describe(device), torch=torch.__version__, commit=os.environ.get("GIT_COMMIT") or git_commit(),
                   date=datetime.date.today().isoformat(), generator=G.init_kwargs, regions=len(boxes), d=d, rows=rows)
     if args.json:
