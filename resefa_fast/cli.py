@@ -141,7 +141,6 @@ def cmd_jacobian(args) -> int:
 def cmd_directions(args) -> int:
     from .api import factorize
     from .mining import open_jacobian
-    from .store import write_atomic
 
     array, _ = open_jacobian(args.jacobian)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -149,16 +148,24 @@ def cmd_directions(args) -> int:
     result = factorize(J, parse_region(args.region), k=args.k, tau=args.tau, normalize=args.normalize,
                        latents=args.latents, grid=_grid(args))
     arrays = {key: getattr(result, key).cpu().numpy() for key in ("directions", "eigenvalues", "residuals")}
+    save_directions(args, arrays, result.info["path"])
+    return 0
 
-    def save(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    write_atomic(args.out, save)
+
+def save_directions(args, arrays, how: str) -> None:
+    """``arrays`` (directions, eigenvalues, residuals) into ``args.out`` (.npz, atomically), and the one-line
+    summary of ``resefa-fast directions`` (``how``: the solver path, and how the work was spread)."""
+    import io
+
+    from .store import write_bytes
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(args.out, buffer.getvalue())
     values = arrays["eigenvalues"].reshape(-1, args.k)[0]
     print(f"{args.region}: directions {list(arrays['directions'].shape)}, top eigenvalues "
           f"{', '.join(f'{v:.4g}' for v in values[:4])}; max residual {arrays['residuals'].max():.1e}; "
-          f"path {result.info['path']}; wrote {args.out}")
-    return 0
+          f"path {how}; wrote {args.out}")
 
 
 def cmd_mine(args, shard=(0, 1)) -> int:

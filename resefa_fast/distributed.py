@@ -357,9 +357,8 @@ def directions_pixel_sharded(args) -> int:
     the same ``.npz`` as ``resefa-fast directions``."""
     import numpy as np
 
-    from .cli import _grid, parse_region
+    from .cli import _grid, parse_region, save_directions
     from .inputs import _parse_single
-    from .store import write_atomic
 
     check(str(args.jacobian).endswith(".npy") and os.path.isfile(args.jacobian), "jacobian",
           "an existing .npy file with --pixel-shard (its rows are read memory-mapped)", repr(args.jacobian))
@@ -390,15 +389,7 @@ def directions_pixel_sharded(args) -> int:
         arrays = {key: torch.stack([getattr(r, key) for r in results]).cpu().numpy() for key in keys}
         if not (batched and args.latents == "per_image"):
             arrays = {key: value[0] for key, value in arrays.items()}
-
-        def save(tmp):
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        write_atomic(args.out, save)
-        values = arrays["eigenvalues"].reshape(-1, args.k)[0]
-        print(f"{args.region}: directions {list(arrays['directions'].shape)}, top eigenvalues "
-              f"{', '.join(f'{v:.4g}' for v in values[:4])}; max residual {arrays['residuals'].max():.1e}; "
-              f"path {results[0].info['path']}, pixel rows split over {world} ranks; wrote {args.out}")
+        save_directions(args, arrays, f"{results[0].info['path']}, pixel rows split over {world} ranks")
     return 0
 
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ..errors import ResefaError
 from .biggan import BIGGAN_ARCH, BIGGAN_CONFIGS, CLASSES, DEEP_LAYERS, OUTPUT_BN_EPS, biggan_config
+from .loaders import build_checked
 
 __all__ = ["read_biggan", "save_biggan", "convert_biggan_pytorch", "convert_pretrained_biggan", "sigma_biggan_pytorch",
            "sigma_torch_spectral_norm", "BIGGAN_FORMATS", "SAVE_FORMAT"]
@@ -406,21 +407,7 @@ def _finish(fmt: str, kwargs: Dict[str, Any], sd: Dict[str, torch.Tensor], meta:
 
 
 def _build(cls: str, kwargs: Dict[str, Any], sd: Dict[str, torch.Tensor], path: str, fmt: str):
-    try:
-        with torch.random.fork_rng(devices=[]):
-            generator = CLASSES[cls](**kwargs)
-    except (TypeError, ResefaError) as error:
-        raise ResefaError(f"{path}: unsupported {cls} settings ({error})") from None
+    generator = build_checked(CLASSES[cls], kwargs, sd, path, fmt, cls)
     own = generator.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
-             if k in sd and isinstance(sd[k], torch.Tensor) and tuple(sd[k].shape) != tuple(v.shape)]
-    not_tensors = [k for k in own if k in sd and not isinstance(sd[k], torch.Tensor)]
-    if missing or unexpected or wrong or not_tensors:
-        parts = [f"{name} {items[:6]}{' ...' if len(items) > 6 else ''}" for name, items in
-                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong),
-                  ("not tensors", not_tensors)) if items]
-        raise ResefaError(f"{path}: {fmt} checkpoint does not match a {cls} with {kwargs}: " + "; ".join(parts))
     generator.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
     return generator

@@ -36,7 +36,7 @@ from . import builtin, configs, ops
 from .safe_pickle import TORCH_LEGACY_MAGIC, PersistentRecord, restricted_load
 from .stylegan2 import StyleGAN2Generator
 
-__all__ = ["LoadedModel", "load", "save", "infer_kwargs", "FORMATS", "SAVE_FORMAT"]
+__all__ = ["LoadedModel", "load", "save", "infer_kwargs", "build_checked", "FORMATS", "SAVE_FORMAT"]
 
 FORMATS = ("nvidia-pickle", "rosinality", "hammer", "genforce", "official-state-dict", "resefa_fast")
 #: Marker of our own files.
@@ -247,24 +247,35 @@ def infer_kwargs(sd: Dict[str, torch.Tensor], path: str = "<state dict>") -> Dic
 
 def _build(kwargs: Dict[str, Any], sd: Dict[str, torch.Tensor], path: str, fmt: str) -> StyleGAN2Generator:
     """``StyleGAN2Generator(**kwargs)`` with ``sd`` loaded strictly (every key, every shape)."""
-    try:
-        with torch.random.fork_rng(devices=[]):
-            generator = StyleGAN2Generator(**kwargs)
-    except (TypeError, ResefaError) as error:
-        raise ResefaError(f"{path}: unsupported generator settings ({error})") from None
     sd = dict(sd)
     _check_filters(sd, path)
+    generator = build_checked(StyleGAN2Generator, kwargs, sd, path, fmt, "StyleGAN2 generator")
+    own = generator.state_dict()
+    generator.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
+    return generator
+
+
+def build_checked(factory, kwargs: Dict[str, Any], sd: Dict[str, Any], path: str, fmt: str, family: str):
+    """``factory(**kwargs)`` (its random init kept off the global RNG), after checking that the state dict ``sd``
+    has exactly its keys, as tensors of its shapes: a :class:`ResefaError` naming the file, the format and what is
+    missing, unexpected, mis-shaped or not a tensor otherwise. The weights are not loaded (callers check more
+    first: stored filters). One check for every generator family's loaders."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            generator = factory(**kwargs)
+    except (TypeError, ResefaError) as error:
+        raise ResefaError(f"{path}: unsupported {family} settings ({error})") from None
     own = generator.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
+    not_tensors = [k for k in own if k in sd and not isinstance(sd[k], torch.Tensor)]
     wrong = [f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
-             if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
+             if k in sd and isinstance(sd[k], torch.Tensor) and tuple(sd[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong or not_tensors:
         parts = [f"{name} {items[:6]}{' ...' if len(items) > 6 else ''}" for name, items in
-                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong)) if items]
-        raise ResefaError(f"{path}: {fmt} checkpoint does not match a StyleGAN2 generator with {kwargs}: "
-                          + "; ".join(parts))
-    generator.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
+                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong),
+                  ("not tensors", not_tensors)) if items]
+        raise ResefaError(f"{path}: {fmt} checkpoint does not match a {family} with {kwargs}: " + "; ".join(parts))
     return generator
 
 

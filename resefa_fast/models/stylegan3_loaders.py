@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import ResefaError
-from .loaders import LoadedModel, _children, _is_tensor_dict, _record_state  # one reader of records for all
+from .loaders import LoadedModel, _children, _is_tensor_dict, _record_state, build_checked  # one reader for all
 from .safe_pickle import PersistentRecord
 from .stylegan3 import StyleGAN3Generator, design_lowpass_filter, input_grid, layer_plans, layer_schedule
 from .stylegan3_configs import matching_stylegan3_configs, stylegan3_config, STYLEGAN3_SHAPE_KEYS
@@ -417,21 +417,8 @@ def _build(kwargs: Dict[str, Any], sd: Dict[str, torch.Tensor], path: str, fmt: 
            strict_filters: bool = True) -> StyleGAN3Generator:
     """``StyleGAN3Generator(**kwargs)`` with ``sd`` loaded strictly (every key and shape); the stored filters must
     equal the designed ones within :data:`FILTER_ATOL`."""
-    try:
-        with torch.random.fork_rng(devices=[]):
-            generator = StyleGAN3Generator(**kwargs)
-    except (TypeError, ResefaError) as error:
-        raise ResefaError(f"{path}: unsupported StyleGAN3 generator settings ({error})") from None
+    generator = build_checked(StyleGAN3Generator, kwargs, sd, path, fmt, "StyleGAN3 generator")
     own = generator.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
-             if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        parts = [f"{name} {items[:6]}{' ...' if len(items) > 6 else ''}" for name, items in
-                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong)) if items]
-        raise ResefaError(f"{path}: {fmt} checkpoint does not match a StyleGAN3 generator with {kwargs}: "
-                          + "; ".join(parts))
     if strict_filters:
         for key in [k for k in own if k.endswith("_filter")]:
             deviation = float((own[key].double() - sd[key].double().cpu()).abs().max())
