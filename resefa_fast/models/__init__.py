@@ -23,6 +23,7 @@ from .biggan_loaders import read_biggan, save_biggan  # noqa: E402
 
 if read_biggan not in _loaders.FAMILY_READERS:
     _loaders.FAMILY_READERS.append(read_biggan)
+    _loaders.FAMILY_SAVERS.append(((BigGANGenerator, BigGANDeepGenerator), save_biggan))
 __all__ += ["BIGGAN_CONFIGS", "BigGANDeepGenerator", "BigGANGenerator", "build_biggan", "random_biggan", "save_biggan"]
 
 # StyleGAN3 (stylegan3.py, stylegan3_configs.py, stylegan3_loaders.py): its reader joins models.load the same way
@@ -35,5 +36,6 @@ from .stylegan3_loaders import save as save_stylegan3  # noqa: E402
 
 if read_stylegan3 not in _FAMILY_READERS:
     _FAMILY_READERS.append(read_stylegan3)
+    _loaders.FAMILY_SAVERS.append((StyleGAN3Generator, save_stylegan3))
 __all__ += ["STYLEGAN3_CONFIGS", "STYLEGAN3_TINY", "StyleGAN3Generator", "build_stylegan3", "make_transform",
             "random_stylegan3", "save_stylegan3", "stylegan3_config"]

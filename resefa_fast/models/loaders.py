@@ -47,6 +47,9 @@ W_AVG_SAMPLES = 10_000
 #: ``reader(obj, path, config, device)`` returns a :class:`LoadedModel`, or None when ``obj`` (the file's top object,
 #: or None when ``path`` is a directory) is not theirs. Tried in order before the StyleGAN2 formats.
 FAMILY_READERS: List[Callable[..., Optional["LoadedModel"]]] = []
+#: ``(generator class, save function)`` of the other families, registered with their readers: :func:`save` hands
+#: their generators over.
+FAMILY_SAVERS: List[Tuple[type, Callable[..., None]]] = []
 
 
 @dataclass
@@ -121,10 +124,14 @@ def load(path, config: Optional[str] = None, device="cpu") -> LoadedModel:
 
 def save(generator: StyleGAN2Generator, path, metadata: Optional[Dict[str, Any]] = None) -> None:
     """Save ``generator`` as a plain ``torch.save`` dict (``format``, ``init_kwargs``, ``state_dict``, ``metadata``)
-    that :func:`load` reads back with ``weights_only=True``. ``metadata`` values: str, int, float, bool, None, or
+    that :func:`load` reads back with ``weights_only=True`` (StyleGAN3 and BigGAN generators: their families' own
+    save functions, registered in :data:`FAMILY_SAVERS`). ``metadata`` values: str, int, float, bool, None, or
     lists / dicts of those."""
     if not isinstance(generator, StyleGAN2Generator):
-        raise ResefaError("`generator` must be a resefa_fast.models.StyleGAN2Generator; got "
+        for family, saver in FAMILY_SAVERS:  # StyleGAN3, BigGAN: their own file layouts, read back by load()
+            if isinstance(generator, family):
+                return saver(generator, path, metadata)
+        raise ResefaError("`generator` must be a resefa_fast.models generator (StyleGAN2, StyleGAN3, BigGAN); got "
                           f"{type(generator).__name__}")
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in generator.init_kwargs.items()}
     payload = dict(format=SAVE_FORMAT, version=1, init_kwargs=kwargs,
