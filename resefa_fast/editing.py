@@ -35,7 +35,7 @@ def edit_codes(ws: torch.Tensor, directions, strengths, layers: Optional[Sequenc
     """Codes ``[k, S, *code_shape]``: ``ws`` moved along each of ``directions`` ``[k, d]`` by each of
     ``strengths`` ``[S]``. For a StyleGAN (the default) ``ws`` is W+ ``[num_ws, w_dim]``, d = w_dim or num_ws·w_dim,
     and ``layers`` the edited rows; ``model`` (a :class:`resefa_fast.pipeline.Model`) decides for other families."""
-    from .pipeline import Model
+    from .pipeline import edit_wplus
 
     directions = as_tensor(directions, "directions").to(ws.device, torch.float32)
     if directions.ndim == 1:
@@ -43,8 +43,7 @@ def edit_codes(ws: torch.Tensor, directions, strengths, layers: Optional[Sequenc
     check(directions.ndim == 2, "directions", "rows [k, d]", tuple(directions.shape))
     strengths = torch.as_tensor(np.asarray(strengths, dtype=np.float32).reshape(-1), device=ws.device)
     if model is None:
-        model = Model.__new__(Model)  # the StyleGAN rule needs only the code's shape
-        model.generator = type("Shape", (), {"num_ws": ws.shape[0], "w_dim": ws.shape[1]})()
+        return edit_wplus(ws, directions, strengths, layers)
     return model.edit_codes(ws, directions, strengths, layers)
 
 

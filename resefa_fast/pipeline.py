@@ -117,22 +117,29 @@ class Model:
         return self.generator, jacobian_latent(code, space)
 
     def edit_codes(self, code: torch.Tensor, directions: torch.Tensor, strengths: torch.Tensor, layers=None):
-        """Codes ``[k, S, *code_shape]``: ``code`` moved along ``directions`` ``[k, d]`` by ``strengths`` ``[S]``;
-        a w direction (d = w_dim) on each edited W+ row, a W+ direction (d = num_ws·w_dim) on its own rows."""
-        num_ws, w_dim = self.code_shape
-        check(directions.shape[1] in (w_dim, num_ws * w_dim), "directions",
-              f"[k, {w_dim}] (w) or [k, {num_ws * w_dim}] (W+) rows", tuple(directions.shape))
-        rows = torch.zeros(num_ws, dtype=torch.bool, device=code.device)
-        if layers is None:
-            rows[:] = True
-        else:
-            layers = list(layers)
-            check(len(layers) > 0 and all(isinstance(i, int) and 0 <= i < num_ws for i in layers), "layers",
-                  f"W+ rows in [0, {num_ws})", layers)
-            rows[layers] = True
-        k = directions.shape[0]
-        step = directions.reshape(k, -1, w_dim) * rows[None, :, None]  # nothing added on rows not edited
-        return code[None, None] + strengths[None, :, None, None] * step[:, None]
+        """Codes ``[k, S, *code_shape]``: ``code`` moved along ``directions`` ``[k, d]`` by ``strengths`` ``[S]``
+        (:func:`edit_wplus`)."""
+        return edit_wplus(code, directions, strengths, layers)
+
+
+def edit_wplus(code: torch.Tensor, directions: torch.Tensor, strengths: torch.Tensor, layers=None) -> torch.Tensor:
+    """W+ codes ``[k, S, num_ws, w_dim]``: ``code`` ``[num_ws, w_dim]`` moved as the original manipulate script
+    does, a w direction (d = w_dim) on each edited row, a W+ direction (d = num_ws·w_dim) on its own rows;
+    ``layers``: the edited rows (default all)."""
+    num_ws, w_dim = code.shape
+    check(directions.shape[1] in (w_dim, num_ws * w_dim), "directions",
+          f"[k, {w_dim}] (w) or [k, {num_ws * w_dim}] (W+) rows", tuple(directions.shape))
+    rows = torch.zeros(num_ws, dtype=torch.bool, device=code.device)
+    if layers is None:
+        rows[:] = True
+    else:
+        layers = list(layers)
+        check(len(layers) > 0 and all(isinstance(i, int) and 0 <= i < num_ws for i in layers), "layers",
+              f"W+ rows in [0, {num_ws})", layers)
+        rows[layers] = True
+    k = directions.shape[0]
+    step = directions.reshape(k, -1, w_dim) * rows[None, :, None]  # nothing added on rows not edited
+    return code[None, None] + strengths[None, :, None, None] * step[:, None]
 
 
 class BigGANModel(Model):
