@@ -77,10 +77,10 @@ def _grid(args):
     return None if args.grid is None else tuple(int(v) for v in args.grid.split(","))
 
 
-def _model_options(parser, seeds_required=False):
+def _model_options(parser):
     """Where the latent codes come from, and which Jacobian of the model is taken."""
     group = parser.add_argument_group("latent codes and Jacobian (when the source is a model)")
-    group.add_argument("--seeds", default=None, required=seeds_required and False,
+    group.add_argument("--seeds", default=None,
                        help="seeds of the z codes, e.g. 0-9,42 (z = np.random.RandomState(seed).randn(z_dim))")
     group.add_argument("--latents", default=None, help=".npy file of latent codes (instead of --seeds)")
     group.add_argument("--latent-kind", choices=("z", "w", "wp", "z+embedding"), default="z",
