@@ -87,7 +87,7 @@ def mine(source, regions, out: str, k: int = 16, tau: float = 1e-3, normalize: s
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     check(isinstance(locality_top, int) and 0 <= locality_top <= k, "locality_top", f"an int in [0, k={k}]",
           locality_top)
-    model, ws, described = None, None, {}
+    model, ws, described, model_spec = None, None, {}, None
     if _is_model(source):
         model = open_model(source, device, class_index=class_index, truncation=truncation_psi) \
             if not isinstance(source, Model) else source
@@ -113,12 +113,15 @@ def mine(source, regions, out: str, k: int = 16, tau: float = 1e-3, normalize: s
     else:
         if isinstance(source, (str, os.PathLike)) and is_jacobian_store(source):
             store_manifest, array, codes = read_jacobian_store(os.fspath(source))
-            described = {key: store_manifest.get(key) for key in ("model", "space", "readout", "precision", "seeds")}
+            described = {key: store_manifest.get(key) for key in ("model", "space", "readout", "precision", "seeds",
+                                                                  "class_index")}
+            described["truncation_psi"] = store_manifest.get("settings", {}).get("truncation_psi", 1.0)
+            model_spec = store_manifest.get("model_spec")
             ws = torch.as_tensor(codes)
             source_fingerprint = file_fingerprint(os.path.join(os.fspath(source), "jacobians.npy"))
             if locality_top:
-                model = open_model(store_manifest["model_spec"], device, class_index=store_manifest.get(
-                    "class_index"), truncation=store_manifest.get("settings", {}).get("truncation_psi", 1.0))
+                model = open_model(model_spec, device, class_index=described["class_index"],
+                                   truncation=described["truncation_psi"])
                 check(model.fingerprint == store_manifest["model"], "source",
                       "a Jacobian store whose model file is unchanged (locality edits need the same model)",
                       store_manifest["model_spec"])
@@ -144,7 +147,7 @@ def mine(source, regions, out: str, k: int = 16, tau: float = 1e-3, normalize: s
         "source": described,
         "regions": {"names": parsed.names, "weights_sha256": region_digest},
         "jacobian": {"shape": list(shape), "latents": N, "grid": list(grid_chw or []), "dim": dim},
-        "model_spec": model.spec if model is not None else None,
+        "model_spec": model.spec if model is not None else model_spec,
         "package_version": __version__,
     }
     store = ResultsStore(out, manifest)

@@ -96,6 +96,7 @@ def test_mining_from_a_model_equals_mining_its_jacobian_store(tiny_file, model, 
         assert a.get(n)["locality_inside"].shape == (3, 2) and "locality_inside" not in b.get(n)
     # the store says which model, codes, readout and space it holds, and its codes are the seeds' W+
     assert a.manifest["source"]["model"] == model.fingerprint and a.manifest["source"]["seeds"] == [0, 1]
+    assert a.manifest["model_spec"] == b.manifest["model_spec"] == str(tiny_file)  # a report can find the model
     np.testing.assert_allclose(a.codes(), model.latents(SEEDS).numpy())
     # the directions are those of factorize on the same Jacobian
     J = np.load(tmp_path / "J" / "jacobians.npy")
