@@ -7,11 +7,13 @@
     resefa-fast edit G.pkl --store store/ --region eyes --out edits/   # PNG grids and GIFs
     resefa-fast report store/                                          # store/report.html
 
-Bad input exits with status 2 and one line naming the argument; nothing half-written is left behind.
+Bad input exits with status 2 and one line naming the argument; a full disk (or a read-only / forbidden output)
+exits with status 3 and one line. Nothing half-written is left behind, and a rerun resumes.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import os
 import sys
@@ -418,6 +420,13 @@ def main(argv=None) -> int:
     except ResefaError as error:
         print(f"resefa-fast {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # disk full, quota, permissions: every file is written atomically, so nothing is half
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise
+        print(f"resefa-fast {args.command}: error: {error.strerror} ({error.filename or 'output'}); the files "
+              "written before it are complete and kept: free space (or fix the permissions) and rerun to resume",
+              file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

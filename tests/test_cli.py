@@ -1,4 +1,5 @@
 """The resefa-fast command line driven as a user would (subprocesses, temporary folders), and the results store."""
+import errno
 import json
 import os
 import subprocess
@@ -54,9 +55,9 @@ def test_mine_all_region_sources_and_export(jacobian_file, tmp_path):
     Image.fromarray(mask).save(masks / "corner.png")
     (tmp_path / "boxes.txt").write_text("# cx cy h w name\n24 24 10 10 center\n10,10,6,6\n")
     store = tmp_path / "store"
-    done = run_cli("mine", jacobian_file, "--regions", "eyes,mouth", "--boxes", tmp_path / "boxes.txt", "--masks", masks,
-                   "--box-grid", "24", "--stride", "1", "--k", "3", "--out", store, "--device", "cpu", "--quiet",
-                   "--export-original", tmp_path / "original")
+    done = run_cli("mine", jacobian_file, "--regions", "eyes,mouth", "--boxes", tmp_path / "boxes.txt",
+                   "--masks", masks, "--box-grid", "24", "--stride", "1", "--k", "3", "--out", store, "--device", "cpu",
+                   "--quiet", "--export-original", tmp_path / "original")
     assert done.returncode == 0, done.stderr
     results = rf.load_results(str(store))
     assert results.names[:5] == ["eyes", "mouth", "center", "box3", "corner.png"] and len(results.names) == 9
@@ -126,3 +127,34 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert os.listdir(tmp_path) == []
     store = ResultsStore(str(tmp_path / "s"), {"settings": {}, "source": {}, "regions": {"names": []}})
     assert not store.done(0)
+
+
+def test_a_full_disk_mid_run_fails_cleanly_and_a_rerun_completes(jacobian_file, tmp_path, monkeypatch, capsys):
+    """The disk fills after the first latent code's file: exit 3 with one line, the first file complete and kept,
+    no temporaries; the rerun (space freed) completes the store as an uninterrupted run would."""
+    from resefa_fast import cli, store
+
+    real, calls = store.write_atomic, []
+
+    def filling(path, write):
+        if os.path.basename(path).startswith("latent_"):
+            calls.append(path)
+            if len(calls) == 2:
+                def full(tmp):
+                    with open(tmp, "wb") as f:
+                        f.write(b"half")
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return real(path, full)
+        return real(path, write)
+
+    args = ["mine", str(jacobian_file), "--regions", "eyes", "--k", "2", "--device", "cpu", "--quiet",
+            "--out", str(tmp_path / "s")]
+    monkeypatch.setattr(store, "write_atomic", filling)
+    assert cli.main(args) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left" in err and "rerun to resume" in err
+    assert rf.load_results(str(tmp_path / "s")).latents == [0]
+    assert not [name for name in os.listdir(tmp_path / "s") if name.startswith(".tmp-")]
+    monkeypatch.setattr(store, "write_atomic", real)
+    assert cli.main(args) == 0
+    assert rf.load_results(str(tmp_path / "s")).latents == [0, 1, 2]
