@@ -267,7 +267,61 @@ class SynthesisNetwork(nn.Module):
         return state
 
 
-class StyleGAN2Generator(nn.Module):
+class StyleGANSurface:
+    """What the StyleGAN generators (:class:`StyleGAN2Generator`, ``StyleGAN3Generator``) share around their
+    ``mapping`` and ``synthesis`` networks: checked ``map``, ``forward``, ``w_avg``, and the Jacobian engine's
+    layer-skip protocol delegated to ``synthesis``. Subclasses define ``synthesize``."""
+
+    @property
+    def w_avg(self) -> torch.Tensor:
+        """The average w ``[w_dim]`` (the mapping network's buffer; truncation's centre)."""
+        return self.mapping.w_avg
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- layer-skip protocol (resefa_fast.jacobian.StagedGenerator) --------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        return self.synthesis.num_stages
+
+    def stage_ws_rows(self, i: int) -> Tuple[int, int]:
+        return self.synthesis.stage_ws_rows(i)
+
+    def run_stage(self, i: int, state: Any, ws) -> Any:
+        """Stage i of the synthesis network (see its ``run_stage``)."""
+        return self.synthesis.run_stage(i, state, ws)
+
+    # ---- public calls ------------------------------------------------------------------------------------------
+    def _check_ws(self, ws) -> None:
+        check(isinstance(ws, torch.Tensor) and ws.ndim == 3 and tuple(ws.shape[1:]) == (self.num_ws, self.w_dim),
+              "ws", f"a tensor [B, {self.num_ws}, {self.w_dim}] (W+)", getattr(ws, "shape", type(ws).__name__))
+
+    def map(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
+            truncation_cutoff: Optional[int] = None) -> torch.Tensor:
+        """Checked ``mapping``: z ``[B, z_dim]``, c ``[B, c_dim]`` (None when c_dim = 0) -> W+
+        ``[B, num_ws, w_dim]``; truncation ``w_avg + ψ (w − w_avg)`` on rows ``[0, cutoff)``."""
+        check(isinstance(z, torch.Tensor) and z.ndim == 2 and z.shape[1] == self.z_dim, "z",
+              f"a tensor [B, {self.z_dim}]", getattr(z, "shape", type(z).__name__))
+        if self.c_dim:
+            check(isinstance(c, torch.Tensor) and tuple(c.shape) == (z.shape[0], self.c_dim), "c",
+                  f"a label tensor [{z.shape[0]}, {self.c_dim}] (this generator is conditional)",
+                  getattr(c, "shape", None))
+        if truncation_cutoff is not None:
+            check(isinstance(truncation_cutoff, int) and 0 <= truncation_cutoff <= self.num_ws, "truncation_cutoff",
+                  f"None or an int in [0, {self.num_ws}]", truncation_cutoff)
+        return self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
+                truncation_cutoff: Optional[int] = None, noise_mode: Optional[str] = None) -> torch.Tensor:
+        """z ``[B, z_dim]`` (+ c ``[B, c_dim]``) -> image ``[B, img_channels, R, R]``."""
+        return self.synthesize(self.map(z, c, truncation_psi, truncation_cutoff), noise_mode)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.init_kwargs.items())
+
+
+class StyleGAN2Generator(StyleGANSurface, nn.Module):
     """StyleGAN2 generator: ``mapping`` (z, c -> W+) and ``synthesis`` (W+ -> image), official parameter names.
 
     Args (recorded in ``init_kwargs``, which rebuild the network with ``StyleGAN2Generator(**init_kwargs)``):
@@ -324,11 +378,6 @@ class StyleGAN2Generator(nn.Module):
 
     # ---- convenience -------------------------------------------------------------------------------------------
     @property
-    def w_avg(self) -> torch.Tensor:
-        """The average w ``[w_dim]`` (the mapping network's buffer; truncation's centre)."""
-        return self.mapping.w_avg
-
-    @property
     def noise_mode(self) -> str:
         """Noise mode used where a call gives none ("const", "random" or "none")."""
         return self.synthesis.noise_mode
@@ -338,53 +387,10 @@ class StyleGAN2Generator(nn.Module):
         check(mode in NOISE_MODES, "noise_mode", f"one of {NOISE_MODES}", repr(mode))
         self.synthesis.noise_mode = mode
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    # ---- layer-skip protocol (resefa_fast.jacobian.StagedGenerator) --------------------------------------------
-    @property
-    def num_stages(self) -> int:
-        return self.synthesis.num_stages
-
-    def stage_ws_rows(self, i: int) -> Tuple[int, int]:
-        return self.synthesis.stage_ws_rows(i)
-
-    def run_stage(self, i: int, state: Any, ws) -> Any:
-        """Block i of the synthesis network (see :meth:`SynthesisNetwork.run_stage`), with ``self.noise_mode``."""
-        return self.synthesis.run_stage(i, state, ws)
-
     # ---- public calls ------------------------------------------------------------------------------------------
-    def _check_ws(self, ws) -> None:
-        check(isinstance(ws, torch.Tensor) and ws.ndim == 3 and tuple(ws.shape[1:]) == (self.num_ws, self.w_dim),
-              "ws", f"a tensor [B, {self.num_ws}, {self.w_dim}] (W+)", getattr(ws, "shape", type(ws).__name__))
-
-    def map(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
-            truncation_cutoff: Optional[int] = None) -> torch.Tensor:
-        """Checked ``mapping``: z ``[B, z_dim]``, c ``[B, c_dim]`` (None when c_dim = 0) -> W+
-        ``[B, num_ws, w_dim]``."""
-        check(isinstance(z, torch.Tensor) and z.ndim == 2 and z.shape[1] == self.z_dim, "z",
-              f"a tensor [B, {self.z_dim}]", getattr(z, "shape", type(z).__name__))
-        if self.c_dim:
-            check(isinstance(c, torch.Tensor) and tuple(c.shape) == (z.shape[0], self.c_dim), "c",
-                  f"a label tensor [{z.shape[0]}, {self.c_dim}] (this generator is conditional)",
-                  getattr(c, "shape", None))
-        if truncation_cutoff is not None:
-            check(isinstance(truncation_cutoff, int) and 0 <= truncation_cutoff <= self.num_ws, "truncation_cutoff",
-                  f"None or an int in [0, {self.num_ws}]", truncation_cutoff)
-        return self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-
     def synthesize(self, ws: torch.Tensor, noise_mode: Optional[str] = None) -> torch.Tensor:
         """Checked ``synthesis``: W+ ``[B, num_ws, w_dim]`` -> image ``[B, img_channels, R, R]`` (about [-1, 1])."""
         self._check_ws(ws)
         if noise_mode is not None:
             check(noise_mode in NOISE_MODES, "noise_mode", f"one of {NOISE_MODES}", repr(noise_mode))
         return self.synthesis(ws, noise_mode)
-
-    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
-                truncation_cutoff: Optional[int] = None, noise_mode: Optional[str] = None) -> torch.Tensor:
-        """z ``[B, z_dim]`` (+ c ``[B, c_dim]``) -> image ``[B, img_channels, R, R]``."""
-        return self.synthesize(self.map(z, c, truncation_psi, truncation_cutoff), noise_mode)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.init_kwargs.items())
-

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import check
-from .stylegan2 import NOISE_MODES, FullyConnectedLayer, MappingNetwork
+from .stylegan2 import NOISE_MODES, FullyConnectedLayer, MappingNetwork, StyleGANSurface
 
 __all__ = ["StyleGAN3Generator", "SynthesisInput", "SynthesisLayer", "SynthesisNetwork", "design_lowpass_filter",
            "filtered_lrelu", "input_grid", "layer_plans", "layer_schedule", "make_transform", "modulated_conv2d",
@@ -428,7 +428,7 @@ class SynthesisNetwork(nn.Module):
         return state
 
 
-class StyleGAN3Generator(nn.Module):
+class StyleGAN3Generator(StyleGANSurface, nn.Module):
     """StyleGAN3 generator (configs T and R): ``mapping`` (z, c -> W+) and ``synthesis`` (W+ -> image), official
     parameter and buffer names.
 
@@ -502,11 +502,6 @@ class StyleGAN3Generator(nn.Module):
 
     # ---- convenience -------------------------------------------------------------------------------------------
     @property
-    def w_avg(self) -> torch.Tensor:
-        """The average w ``[w_dim]`` (the mapping network's buffer; truncation's centre)."""
-        return self.mapping.w_avg
-
-    @property
     def transform(self) -> torch.Tensor:
         """The input's ``transform`` buffer ``[3, 3]`` (inverse of the image transform; identity by default)."""
         return self.synthesis.input.transform
@@ -522,41 +517,7 @@ class StyleGAN3Generator(nn.Module):
             self.synthesis.input.transform.copy_(m.to(self.transform.dtype))
         return self
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    # ---- layer-skip protocol (resefa_fast.jacobian.StagedGenerator) --------------------------------------------
-    @property
-    def num_stages(self) -> int:
-        return self.synthesis.num_stages
-
-    def stage_ws_rows(self, i: int) -> Tuple[int, int]:
-        return self.synthesis.stage_ws_rows(i)
-
-    def run_stage(self, i: int, state: Any, ws) -> Any:
-        """Stage i of the synthesis network (see :meth:`SynthesisNetwork.run_stage`)."""
-        return self.synthesis.run_stage(i, state, ws)
-
     # ---- public calls ------------------------------------------------------------------------------------------
-    def _check_ws(self, ws) -> None:
-        check(isinstance(ws, torch.Tensor) and ws.ndim == 3 and tuple(ws.shape[1:]) == (self.num_ws, self.w_dim),
-              "ws", f"a tensor [B, {self.num_ws}, {self.w_dim}] (W+)", getattr(ws, "shape", type(ws).__name__))
-
-    def map(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
-            truncation_cutoff: Optional[int] = None) -> torch.Tensor:
-        """Checked ``mapping``: z ``[B, z_dim]``, c ``[B, c_dim]`` (None when c_dim = 0) -> W+
-        ``[B, num_ws, w_dim]``; truncation ``w_avg + ψ (w − w_avg)`` on rows ``[0, cutoff)``."""
-        check(isinstance(z, torch.Tensor) and z.ndim == 2 and z.shape[1] == self.z_dim, "z",
-              f"a tensor [B, {self.z_dim}]", getattr(z, "shape", type(z).__name__))
-        if self.c_dim:
-            check(isinstance(c, torch.Tensor) and tuple(c.shape) == (z.shape[0], self.c_dim), "c",
-                  f"a label tensor [{z.shape[0]}, {self.c_dim}] (this generator is conditional)",
-                  getattr(c, "shape", None))
-        if truncation_cutoff is not None:
-            check(isinstance(truncation_cutoff, int) and 0 <= truncation_cutoff <= self.num_ws, "truncation_cutoff",
-                  f"None or an int in [0, {self.num_ws}]", truncation_cutoff)
-        return self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-
     def synthesize(self, ws: torch.Tensor, noise_mode: Optional[str] = None) -> torch.Tensor:
         """Checked ``synthesis``: W+ ``[B, num_ws, w_dim]`` -> image ``[B, img_channels, R, R]`` (about [-1, 1]).
         ``noise_mode`` is accepted for the StyleGAN2 call signature and ignored (StyleGAN3 has no noise inputs,
@@ -565,11 +526,3 @@ class StyleGAN3Generator(nn.Module):
         if noise_mode is not None:
             check(noise_mode in NOISE_MODES, "noise_mode", f"one of {NOISE_MODES}", repr(noise_mode))
         return self.synthesis(ws)
-
-    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
-                truncation_cutoff: Optional[int] = None, noise_mode: Optional[str] = None) -> torch.Tensor:
-        """z ``[B, z_dim]`` (+ c ``[B, c_dim]``) -> image ``[B, img_channels, R, R]``."""
-        return self.synthesize(self.map(z, c, truncation_psi, truncation_cutoff), noise_mode)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.init_kwargs.items())
