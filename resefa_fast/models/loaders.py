@@ -361,6 +361,18 @@ def _children(record: PersistentRecord) -> Dict[str, Any]:
     return dict((record.state.get("_modules") or {}) if isinstance(record.state, dict) else {})
 
 
+def init_arguments(record: PersistentRecord, positional, path: str, what: str) -> Dict[str, Any]:
+    """The init arguments a persistence record kept (``_init_kwargs``, plus ``_init_args`` named by
+    ``positional``); the first five (z_dim, c_dim, w_dim, img_resolution, img_channels) must be there."""
+    init = dict(record.state.get("_init_kwargs") or {})
+    for name, value in zip(positional, record.state.get("_init_args") or (), strict=False):
+        init.setdefault(name, value)
+    missing = [k for k in positional[:5] if k not in init]
+    if missing:
+        raise ResefaError(f"{path}: {what} records no {missing} among its init arguments; corrupt network pickle")
+    return init
+
+
 def _from_nvidia(record: PersistentRecord, path: str):
     synthesis = _children(record).get("synthesis")
     if record.class_name != "Generator" or not isinstance(synthesis, PersistentRecord):
@@ -372,13 +384,7 @@ def _from_nvidia(record: PersistentRecord, path: str):
                 in synthesis.module_src else f"an unknown synthesis network ({synthesis.class_name})")
         raise ResefaError(f"{path}: G_ema is {kind}; only StyleGAN2 generators (synthesis blocks b4, b8, ...) are "
                           "supported")
-    state = record.state
-    init = dict(state.get("_init_kwargs") or {})
-    for name, value in zip(_POSITIONAL, state.get("_init_args") or (), strict=False):
-        init.setdefault(name, value)
-    missing = [k for k in _POSITIONAL[:5] if k not in init]
-    if missing:
-        raise ResefaError(f"{path}: G_ema records no {missing} among its init arguments; corrupt network pickle")
+    init = init_arguments(record, _POSITIONAL, path, "G_ema")
     mapping_kwargs = dict(init.get("mapping_kwargs") or {})
     synthesis_kwargs = dict(init.get("synthesis_kwargs") or {})
     synthesis_kwargs.update({k: v for k, v in init.items() if k not in _POSITIONAL})  # stylegan3's **kwargs form

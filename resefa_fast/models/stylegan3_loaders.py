@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from ..errors import ResefaError
-from .loaders import LoadedModel, _children, _is_tensor_dict, _record_state, build_checked  # one reader for all
+from .loaders import (LoadedModel, _children, _is_tensor_dict, _record_state, build_checked,  # shared
+                      init_arguments)
 from .safe_pickle import PersistentRecord
 from .stylegan3 import StyleGAN3Generator, design_lowpass_filter, input_grid, layer_plans, layer_schedule
 from .stylegan3_configs import matching_stylegan3_configs, stylegan3_config, STYLEGAN3_SHAPE_KEYS
@@ -177,14 +178,7 @@ def _from_nvidia(record: PersistentRecord, path: str, meta: Dict[str, Any]):
     if record.class_name != "Generator":
         raise ResefaError(f"{path}: G_ema is a {record.class_name!r}; expected the Generator of "
                           "training.networks_stylegan3")
-    state = record.state
-    init = dict(state.get("_init_kwargs") or {})
-    for name, value in zip(_POSITIONAL, state.get("_init_args") or (), strict=False):
-        init.setdefault(name, value)
-    missing = [k for k in _POSITIONAL[:5] if k not in init]
-    if missing:
-        raise ResefaError(f"{path}: StyleGAN3 G_ema records no {missing} among its init arguments; corrupt network "
-                          "pickle")
+    init = init_arguments(record, _POSITIONAL, path, "StyleGAN3 G_ema")
     mapping_kwargs = dict(init.pop("mapping_kwargs", None) or {})
     kwargs = {k: init.pop(k) for k in _POSITIONAL[:5]}
     for key in _NVIDIA_IGNORED:
