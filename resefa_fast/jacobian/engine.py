@@ -28,7 +28,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     with contextlib.suppress(ImportError):
         import torch._decomp.decompositions_for_jvp  # noqa: F401
-from .staged import first_stages, is_staged, primal_states, synthesize
+from .staged import first_stages, is_staged, primal_states, samples_last_stage, synthesize
 from .targets import make_target
 
 __all__ = ["jacobian", "JacobianInfo", "jvp_columns", "PRECISIONS"]
@@ -45,13 +45,18 @@ MAX_AUTO_CHUNK = 512
 DETERMINISM_RTOL = 1e-5
 #: Fraction of free device memory the automatic chunk size may plan to use.
 MEMORY_FRACTION = 0.8
+#: Compute a staged generator's last stage only at the pixels the readout reads, when both declare it
+#: (``readouts.Readout.sampling`` and ``StagedGenerator.run_last_stage_sampled``). False: always the full image.
+SAMPLE_LAST_STAGE = True
 
 
 @dataclass
 class JacobianInfo:
     """What a run did: ``chunk_size`` (final), ``splits`` (OOM split-and-retry events), ``seconds``,
     ``stage_runs`` / ``stage_runs_without_skip`` (tangent × stage evaluations with and without layer skip; equal
-    for generic callables, which count as one stage), ``groups`` (first stage -> number of tangents)."""
+    for generic callables, which count as one stage), ``groups`` (first stage -> number of tangents),
+    ``sampled_stride`` (the last stage computed only at rows / columns ``0, s, 2s, ...`` of the image because the
+    readout reads only those; 1: the full image)."""
     chunk_size: int = 0
     splits: int = 0
     seconds: float = 0.0
@@ -60,6 +65,7 @@ class JacobianInfo:
     stage_runs_without_skip: int = 0
     groups: Dict[int, int] = field(default_factory=dict)
     chunk_sizes: List[int] = field(default_factory=list)
+    sampled_stride: int = 1
 
 
 @dataclass
@@ -141,14 +147,17 @@ def jacobian(
         check(layer_skip != True or latents[0].dim() == 2, "layer_skip",  # noqa: E712
               "False or 'auto' for a w latent (layer skip needs W+)", layer_skip)
         skip = layer_skip in (True, "auto") and latents[0].dim() == 2
-        plain = _plain_staged(fn, read)
+        stride, tail = _sampling(fn, readout, device)
+        if stride > 1:  # the readout is tail(image[..., ::stride, ::stride]): the last stage makes only those pixels
+            read = _pixels(tail)
+        plain = _plain_staged(fn, read, stride)
     else:
         check(layer_skip != True, "layer_skip", "False or 'auto' for a callable without the "  # noqa: E712
               "StagedGenerator protocol", layer_skip)
-        skip = False
+        skip, stride = False, 1
         plain = lambda x: read(fn(x))  # noqa: E731
 
-    info = JacobianInfo(layer_skip=skip)
+    info = JacobianInfo(layer_skip=skip, sampled_stride=stride)
     # the checks test properties of fn (determinism, dependence, finiteness), so they run in float32 whatever the
     # requested precision: under tf32 two calls may pick cuDNN algorithms that round differently by ~1e-3
     with _precision("float32", device), torch.no_grad():
@@ -159,7 +168,7 @@ def jacobian(
         try:
             target.begin(len(latents), grid, wanted.numel(), device, dtype)
             for n, x in enumerate(latents):
-                groups = _staged_groups(fn, x, read) if skip else [
+                groups = _staged_groups(fn, x, read, stride) if skip else [
                     _Group(0, torch.arange(d), plain, fn.num_stages if staged else 1)]
                 for group in groups:
                     local = group.local[position[group.local + group.offset] >= 0]
@@ -305,17 +314,37 @@ def _pixels(readout):
     return read
 
 
-def _plain_staged(generator, read):
-    """``x -> pixels`` for a staged generator from stage 0; a w ``[w_dim]`` is repeated on all W+ rows."""
+def _sampling(generator, readout, device: torch.device) -> Tuple[int, Optional[Callable]]:
+    """``(stride, tail)`` when ``readout`` reads the staged ``generator``'s image only at rows / columns ``0,
+    stride, ...`` and then applies ``tail`` (``readouts.Readout.sampling``) and the generator can compute just
+    those (``run_last_stage_sampled``); else ``(1, None)``: the full image."""
+    sampling = getattr(readout, "sampling", None)
+    if not SAMPLE_LAST_STAGE or readout is None or not callable(sampling) or not samples_last_stage(generator):
+        return 1, None
+    channels, height, width = generator.image_shape
+    found = sampling((1, channels, height, width), device)
+    if found is None:
+        return 1, None
+    stride, tail = found
+    if not (isinstance(stride, int) and stride > 1 and height % stride == 0 and width % stride == 0
+            and callable(tail)):
+        return 1, None
+    return stride, tail
+
+
+def _plain_staged(generator, read, stride: int = 1):
+    """``x -> pixels`` for a staged generator from stage 0; a w ``[w_dim]`` is repeated on all W+ rows.
+    ``stride`` > 1: the last stage makes only the image's rows / columns ``0, stride, ...`` (``read`` is then the
+    readout's tail)."""
     def evaluate(x):
         ws = x.expand(generator.num_ws, generator.w_dim) if x.dim() == 1 else x
-        return read(synthesize(generator, ws[None]))
+        return read(synthesize(generator, ws[None], stride=stride))
     return evaluate
 
 
-def _staged_groups(generator, ws: torch.Tensor, read) -> List[_Group]:
+def _staged_groups(generator, ws: torch.Tensor, read, stride: int = 1) -> List[_Group]:
     """Tangent groups of W+ ``ws`` ``[L, w_dim]`` by first stage, each evaluating from the cached primal state
-    entering its stage (so its state tangent is zero there).
+    entering its stage (so its state tangent is zero there). ``stride`` as in :func:`_plain_staged`.
 
     A generator with ``accepts_ws_rows = True`` gets one group per W+ row l, and ``run_stage`` receives W+ as a
     tuple of rows ``[1, w_dim]`` in which only row l carries the tangent: the layers that read other rows (their
@@ -328,7 +357,7 @@ def _staged_groups(generator, ws: torch.Tensor, read) -> List[_Group]:
         for row, s in enumerate(first):
             def evaluate(w_row, s=s, row=row):
                 return read(synthesize(generator, tuple(rows[:row]) + (w_row[None],) + tuple(rows[row + 1:]), s,
-                                       cache[s]))
+                                       cache[s], stride=stride))
             groups.append(_Group(s, torch.arange(generator.w_dim), evaluate, generator.num_stages - s,
                                  primal=ws[row], offset=row * generator.w_dim))
         return groups
@@ -337,7 +366,7 @@ def _staged_groups(generator, ws: torch.Tensor, read) -> List[_Group]:
         cols = (rows[:, None] * generator.w_dim + torch.arange(generator.w_dim)).flatten()
 
         def evaluate(x, s=s):
-            return read(synthesize(generator, x[None], s, cache[s]))
+            return read(synthesize(generator, x[None], s, cache[s], stride=stride))
         groups.append(_Group(s, cols, evaluate, generator.num_stages - s))
     return groups
 

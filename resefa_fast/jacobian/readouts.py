@@ -3,31 +3,58 @@
 
 Every readout is a plain callable, so any differentiable ``image -> pixels`` function works too; the classes here
 carry a ``name`` (recorded by benchmarks) and compose with :func:`compose`.
+
+A :class:`Readout` may also declare that it reads the image only at a regular stride (``Readout.sampling``):
+``original(size)`` on an image of width ``W = s·size`` (integer s > 1) reads exactly the pixels ``(s·i, s·j)``
+(checked, see :func:`nearest_stride`) and sums their channels. The Jacobian engine then asks a generator that can
+(``StagedGenerator.run_last_stage_sampled``) for those pixels only.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
+
+import functools
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import check
 
-__all__ = ["Readout", "original", "area", "rgb", "crop", "grayscale", "channel_sum", "compose"]
+__all__ = ["Readout", "original", "area", "rgb", "crop", "grayscale", "channel_sum", "compose", "nearest_stride"]
+
+#: What ``Readout.sampling`` returns when the readout reads an image only at a stride: ``(stride, tail)``.
+Sampling = Tuple[int, Callable[[torch.Tensor], torch.Tensor]]
 
 #: ITU-R BT.601 luma weights (what PIL's "L" mode uses).
 LUMA = (0.299, 0.587, 0.114)
 
 
 class Readout:
-    """A named, differentiable ``[B, C, H, W] -> [B, C', H', W']`` map."""
+    """A named, differentiable ``[B, C, H, W] -> [B, C', H', W']`` map.
 
-    def __init__(self, name: str, function: Callable[[torch.Tensor], torch.Tensor]):
+    ``sampler`` (optional): ``(shape, device) -> (stride, tail)`` or None, see :meth:`sampling`."""
+
+    def __init__(self, name: str, function: Callable[[torch.Tensor], torch.Tensor],
+                 sampler: Optional[Callable[[Tuple[int, ...], torch.device], Optional[Sampling]]] = None):
         self.name = name
         self.function = function
+        self.sampler = sampler
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return self.function(image)
+
+    def sampling(self, shape: Sequence[int], device="cpu") -> Optional[Sampling]:
+        """``(stride, tail)`` when, on an image of ``shape`` ``[B, C, H, W]`` (H and W divisible by ``stride``
+        > 1) on ``device``, this readout equals ``tail(image[..., ::stride, ::stride])`` exactly (``tail``: a
+        pixel-wise map, e.g. a channel sum); None when it declares no such thing (then it needs the whole image)."""
+        if self.sampler is None:
+            return None
+        found = self.sampler(tuple(shape), torch.device(device))
+        if found is None:
+            return None
+        stride, tail = found
+        height, width = shape[-2:]
+        return found if stride > 1 and height % stride == 0 and width % stride == 0 else None
 
     def __repr__(self) -> str:
         return f"Readout({self.name})"
@@ -46,7 +73,34 @@ def original(size: int = 256) -> Readout:
             image = F.interpolate(image, scale_factor=size / width, mode="nearest").sum(dim=1, keepdim=True)
         return image
 
-    return Readout(f"original{size}", read)
+    def sampler(shape, device):
+        # only an integer ratio W / size, and only where the nearest resize really keeps pixels (s·i, s·j)
+        height, width = shape[-2:]
+        if width <= size or width % size or height % (width // size):
+            return None
+        stride = width // size
+        if not nearest_stride(height, width, size / width, stride, str(device)):
+            return None
+        return stride, _channel_reducer("sum")
+
+    return Readout(f"original{size}", read, sampler)
+
+
+@functools.lru_cache(maxsize=64)
+def nearest_stride(height: int, width: int, scale_factor: float, stride: int, device: str = "cpu") -> bool:
+    """Whether ``F.interpolate(image, scale_factor=scale_factor, mode="nearest")`` of a ``[.., height, width]``
+    image on ``device`` is exactly ``image[..., ::stride, ::stride]`` (shape and index set). Checked, not assumed:
+    torch computes the source index as ``floor(dst · (1 / scale_factor))`` in float, which for a ratio like 1/3
+    need not be ``3·dst``. The probe is a 2-channel image of row / column indices (exact in float32)."""
+    rows = torch.arange(height, dtype=torch.float32, device=device)[:, None].expand(height, width)
+    cols = torch.arange(width, dtype=torch.float32, device=device)[None, :].expand(height, width)
+    probe = torch.stack([rows, cols])[None]  # [1, 2, H, W]
+    try:
+        resized = F.interpolate(probe, scale_factor=scale_factor, mode="nearest")
+    except RuntimeError:  # e.g. an empty output (floor(W · scale_factor) = 0): the readout fails too
+        return False
+    expected = probe[..., ::stride, ::stride]
+    return resized.shape == expected.shape and torch.equal(resized, expected)
 
 
 def area(size, channels: str = "rgb") -> Readout:

@@ -11,7 +11,8 @@ from typing import Any, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 
-__all__ = ["StagedGenerator", "is_staged", "synthesize", "first_stages", "primal_states", "ws_row"]
+__all__ = ["StagedGenerator", "is_staged", "samples_last_stage", "synthesize", "first_stages", "primal_states",
+           "ws_row"]
 
 
 @runtime_checkable
@@ -27,6 +28,11 @@ class StagedGenerator(Protocol):
     - optional ``accepts_ws_rows = True``: ``run_stage`` also accepts ``ws`` as a tuple of ``num_ws`` rows
       ``[B, w_dim]`` (read row l with :func:`ws_row`); the engine then perturbs one row at a time and every layer
       that does not read it runs without a tangent (layer skip at layer, not stage, granularity).
+    - optional ``image_shape`` ``(C, H, W)`` and ``run_last_stage_sampled(state, ws, stride) -> image`` (the last
+      stage producing the image only at rows / columns ``0, stride, 2·stride, ...``: ``[B, C, H/stride,
+      W/stride]``, equal to ``run_stage(num_stages - 1, state, ws)[..., ::stride, ::stride]``, for any stride > 1
+      dividing H and W; ``ws`` as for ``run_stage``): the engine uses it when the readout reads only those pixels
+      (``readouts.Readout.sampling``), so the last stage computes only what the readout looks at.
     """
 
     num_ws: int
@@ -48,11 +54,22 @@ def is_staged(fn) -> bool:
     return all(hasattr(fn, name) for name in ("num_ws", "w_dim", "num_stages", "stage_ws_rows", "run_stage"))
 
 
-def synthesize(generator, ws: torch.Tensor, start: int = 0, state: Any = None) -> torch.Tensor:
+def samples_last_stage(generator) -> bool:
+    """Whether the staged ``generator`` can run its last stage sampled at a stride (``image_shape`` and
+    ``run_last_stage_sampled``, see :class:`StagedGenerator`)."""
+    return hasattr(generator, "image_shape") and callable(getattr(generator, "run_last_stage_sampled", None))
+
+
+def synthesize(generator, ws: torch.Tensor, start: int = 0, state: Any = None, stride: int = 1) -> torch.Tensor:
     """Run stages ``start ..`` of ``generator`` on ``ws`` ``[B, num_ws, w_dim]`` from ``state`` (the state
-    entering stage ``start``); returns the image ``[B, C, H, W]``."""
+    entering stage ``start``); returns the image ``[B, C, H, W]``, or with ``stride`` > 1 (a generator with
+    ``run_last_stage_sampled``) its rows / columns ``0, stride, ...`` only, ``[B, C, H/stride, W/stride]``."""
+    last = generator.num_stages - 1
     for i in range(start, generator.num_stages):
-        state = generator.run_stage(i, state, ws)
+        if i == last and stride > 1:
+            state = generator.run_last_stage_sampled(state, ws, stride)
+        else:
+            state = generator.run_stage(i, state, ws)
     return state
 
 

@@ -9,6 +9,9 @@ Conventions (those of the official code):
   the shared weight ``W_oik``, scale output channel o by ``d_o = (Σ_{i,k} (W_oik s_i)² + 1e-8)^{-1/2}``. It equals
   the official fused (grouped) form ``conv(x, W_oik s_i d_o)`` in exact arithmetic; a tangent batch is then one
   batched convolution with one weight.
+- ``stride`` (``upfirdn2d``, ``upsample2d``, ``conv2d_resample``, ``modulated_conv2d``): compute the output only at
+  rows / columns ``0, stride, 2·stride, ...``, i.e. ``op(...)[..., ::stride, ::stride]``, as a strided final
+  convolution (the same products and sums per output pixel; the Jacobian engine's sampled last stage).
 """
 from __future__ import annotations
 
@@ -35,10 +38,11 @@ def setup_filter(taps: Sequence[float] = (1, 3, 3, 1)) -> torch.Tensor:
 
 
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, padding: Tuple[int, int, int, int] = (0, 0, 0, 0),
-              gain: float = 1.0) -> torch.Tensor:
+              gain: float = 1.0, stride: int = 1) -> torch.Tensor:
     """Up-sample (insert ``up - 1`` zeros after every sample), pad (negative = crop), convolve with ``f`` ``[fh, fw]``.
 
-    ``x`` ``[B, C, H, W]`` -> ``[B, C, H·up + py0 + py1 - fh + 1, W·up + px0 + px1 - fw + 1]`` (x = columns).
+    ``x`` ``[B, C, H, W]`` -> ``[B, C, H·up + py0 + py1 - fh + 1, W·up + px0 + px1 - fw + 1]`` (x = columns);
+    ``stride`` > 1: only every ``stride``-th row and column of that, from 0 (``[..., ::stride, ::stride]``).
     """
     batch, channels, height, width = x.shape
     px0, px1, py0, py1 = padding
@@ -50,32 +54,34 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, padding: Tuple[int,
     x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
     # true convolution = correlation with the flipped filter; one filter per channel (depthwise)
     f = (f * gain ** (f.ndim / 2)).to(x.dtype).flip([0, 1])
-    return F.conv2d(x, f[None, None].expand(channels, 1, *f.shape), groups=channels)
+    return F.conv2d(x, f[None, None].expand(channels, 1, *f.shape), groups=channels, stride=stride)
 
 
-def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
+def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2, stride: int = 1) -> torch.Tensor:
     """Up-sample ``x`` ``[B, C, H, W]`` by ``up`` with the FIR filter ``f`` -> ``[B, C, H·up, W·up]`` (the skip
-    architecture's image path)."""
+    architecture's image path); ``stride`` > 1: ``[..., ::stride, ::stride]`` of that."""
     fw = f.shape[-1]
     p0, p1 = (fw + up - 1) // 2, (fw - up) // 2
-    return upfirdn2d(x, f, up=up, padding=(p0, p1, p0, p1), gain=up * up)
+    return upfirdn2d(x, f, up=up, padding=(p0, p1, p0, p1), gain=up * up, stride=stride)
 
 
 def conv2d_resample(x: torch.Tensor, weight: torch.Tensor, f: Optional[torch.Tensor] = None, up: int = 1,
-                    padding: int = 0) -> torch.Tensor:
+                    padding: int = 0, stride: int = 1) -> torch.Tensor:
     """Convolution ``x`` ``[B, I, H, W]`` * ``weight`` ``[O, I, k, k]`` -> ``[B, O, H·up, W·up]`` (same padding).
 
     ``up = 2``: a stride-2 transposed convolution (weight not flipped, the official ``flip_weight=False``) followed
-    by the FIR filter ``f`` with gain ``up²`` and the official padding.
+    by the FIR filter ``f`` with gain ``up²`` and the official padding. ``stride`` > 1: only the output rows /
+    columns ``0, stride, ...`` (``[..., ::stride, ::stride]``): the last convolution (the 3×3 one, or the FIR
+    filter after the transposed convolution, which stays full) runs strided.
     """
     if up == 1:
-        return F.conv2d(x, weight, padding=padding)
+        return F.conv2d(x, weight, padding=padding, stride=stride)
     kw, fw = weight.shape[-1], f.shape[-1]
     p0 = padding + (fw + up - 1) // 2 - (kw - 1)
     p1 = padding + (fw - up) // 2 - (kw - up)
     t = max(min(-p0, -p1), 0)  # part of the padding the transposed convolution can take (crop)
     x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=up, padding=t)
-    return upfirdn2d(x, f, padding=(p0 + t, p1 + t, p0 + t, p1 + t), gain=up * up)
+    return upfirdn2d(x, f, padding=(p0 + t, p1 + t, p0 + t, p1 + t), gain=up * up, stride=stride)
 
 
 def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "linear", gain: float = 1.0,
@@ -94,11 +100,17 @@ def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "l
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
-                     up: int = 1, f: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None
-                     ) -> torch.Tensor:
+                     up: int = 1, f: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
+                     stride: int = 1) -> torch.Tensor:
     """Non-fused modulated convolution: ``x`` ``[B, I, H, W]``, ``weight`` ``[O, I, k, k]``, ``styles`` ``[B, I]``,
-    ``noise`` broadcastable to the output (added after demodulation) -> ``[B, O, H·up, W·up]``."""
-    x = conv2d_resample(x * styles[:, :, None, None], weight, f=f, up=up, padding=weight.shape[-1] // 2)
+    ``noise`` broadcastable to the output (added after demodulation) -> ``[B, O, H·up, W·up]``.
+
+    ``stride`` > 1: the output only at rows / columns ``0, stride, ...`` (``[B, O, H·up/stride, W·up/stride]``,
+    equal to ``[..., ::stride, ::stride]`` of the full output): the modulation scales input channels and the
+    demodulation output channels, so only the convolution is strided. ``noise`` must then be sampled alike
+    (e.g. ``noise[..., ::stride, ::stride]``)."""
+    x = conv2d_resample(x * styles[:, :, None, None], weight, f=f, up=up, padding=weight.shape[-1] // 2,
+                        stride=stride)
     if demodulate:
         # d_o = (Σ_i s_i² Σ_k W_oik² + ε)^-1/2: the norm of the modulated weight without forming it per sample
         d = torch.rsqrt(styles.square() @ weight.square().sum(dim=(2, 3)).T + DEMODULATION_EPS)  # [B, O]

@@ -15,7 +15,12 @@ W+ layout (``num_ws`` rows): block ``b4`` reads rows 0 (conv1) and 1 (torgb); bl
 
 Layer-skip protocol (``resefa_fast.jacobian.StagedGenerator``): one stage per block; ``run_stage(i, state, ws)``
 with ``state = (x, img)`` (``img`` absent, so ``state = x``, in the resnet architecture before the last block);
-the last stage returns the image ``[B, img_channels, R, R]``.
+the last stage returns the image ``[B, img_channels, R, R]``. Sampled last stage (the protocol's optional
+``run_last_stage_sampled``): the last block computed only at rows / columns ``0, s, 2s, ...`` of the image
+(``[B, img_channels, R/s, R/s]``, equal to ``image[..., ::s, ::s]``): conv0 stays full; conv1 is a strided 3×3
+convolution of conv0's output with the same modulation / demodulation, its noise sampled ``[::s, ::s]``; bias,
+leaky ReLU and clamp are pixel-wise, toRGB is 1×1; the upsampled image and the resnet skip branch run their last
+(FIR) convolution strided.
 """
 from __future__ import annotations
 
@@ -113,7 +118,9 @@ class SynthesisLayer(nn.Module):
             self.noise_strength = nn.Parameter(torch.zeros([]))
         self.bias = nn.Parameter(torch.zeros([out_channels]))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const", gain: float = 1.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const", gain: float = 1.0,
+                stride: int = 1) -> torch.Tensor:
+        """``stride`` > 1: the output only at rows / columns ``0, stride, ...`` (``[..., ::stride, ::stride]``)."""
         styles = self.affine(w)  # [B, I]
         noise = None
         if self.use_noise and noise_mode == "random":
@@ -121,8 +128,10 @@ class SynthesisLayer(nn.Module):
                                 device=x.device) * self.noise_strength
         elif self.use_noise and noise_mode == "const":
             noise = self.noise_const * self.noise_strength
+        if noise is not None and stride > 1:
+            noise = noise[..., ::stride, ::stride]
         x = ops.modulated_conv2d(x, self.weight, styles, demodulate=True, up=self.up, f=self.resample_filter,
-                                 noise=noise)
+                                 noise=noise, stride=stride)
         clamp = None if self.conv_clamp is None else self.conv_clamp * gain
         return ops.bias_act(x, self.bias, "lrelu", gain=ops.LRELU_GAIN * gain, clamp=clamp)
 
@@ -157,9 +166,9 @@ class Conv2dLayer(nn.Module):
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size * kernel_size)
 
-    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gain: float = 1.0, stride: int = 1) -> torch.Tensor:
         x = ops.conv2d_resample(x, self.weight * self.weight_gain, f=self.resample_filter, up=self.up,
-                                padding=self.weight.shape[-1] // 2)
+                                padding=self.weight.shape[-1] // 2, stride=stride)
         return x * gain if gain != 1 else x
 
 
@@ -191,26 +200,28 @@ class SynthesisBlock(nn.Module):
             self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, up=2, resample_filter=resample_filter)
 
     def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], ws, first: int,
-                noise_mode: str = "const") -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``ws``: W+ (tensor or tuple of rows); this block reads rows ``first ..``. Returns ``(x, img)``."""
+                noise_mode: str = "const", stride: int = 1) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``ws``: W+ (tensor or tuple of rows); this block reads rows ``first ..``. Returns ``(x, img)``.
+        ``stride`` > 1 (``resolution`` divisible by it): both only at rows / columns ``0, stride, ...`` (conv0 runs
+        full; conv1, the skip branches and toRGB sampled), i.e. ``[..., ::stride, ::stride]`` of the full result."""
         row = first
         if self.in_channels == 0:
             w = _row(ws, row)
             x = self.const[None].expand(w.shape[0], -1, -1, -1).to(w.dtype)
-            x = self.conv1(x, w, noise_mode)
+            x = self.conv1(x, w, noise_mode, stride=stride)
             row += 1
         elif self.architecture == "resnet":
-            y = self.skip(x, gain=math.sqrt(0.5))
+            y = self.skip(x, gain=math.sqrt(0.5), stride=stride)
             x = self.conv0(x, _row(ws, row), noise_mode)
-            x = self.conv1(x, _row(ws, row + 1), noise_mode, gain=math.sqrt(0.5))
+            x = self.conv1(x, _row(ws, row + 1), noise_mode, gain=math.sqrt(0.5), stride=stride)
             x = y + x
             row += 2
         else:
             x = self.conv0(x, _row(ws, row), noise_mode)
-            x = self.conv1(x, _row(ws, row + 1), noise_mode)
+            x = self.conv1(x, _row(ws, row + 1), noise_mode, stride=stride)
             row += 2
         if img is not None:
-            img = ops.upsample2d(img, self.resample_filter)
+            img = ops.upsample2d(img, self.resample_filter, stride=stride)
         if self.num_torgb:
             y = self.torgb(x, _row(ws, row))
             img = y if img is None else img + y
@@ -250,12 +261,17 @@ class SynthesisNetwork(nn.Module):
         """W+ rows read by stage (block) i: ``first .. stop-1``."""
         return self._rows[i]
 
-    def run_stage(self, i: int, state: Any, ws, noise_mode: Optional[str] = None):
+    def run_stage(self, i: int, state: Any, ws, noise_mode: Optional[str] = None, stride: int = 1):
         """Block i: ``state`` None (i = 0), ``(x, img)`` or ``x``; ``ws`` ``[B, num_ws, w_dim]`` or a tuple of rows.
-        Returns the next state, or the image ``[B, C, R, R]`` after the last block."""
+        Returns the next state, or the image ``[B, C, R, R]`` after the last block. ``stride`` > 1 (last block only,
+        dividing R): the image only at rows / columns ``0, stride, ...``, ``[B, C, R/stride, R/stride]``."""
         noise_mode = self.noise_mode if noise_mode is None else noise_mode
+        check(stride == 1 or (i == self.num_stages - 1 and isinstance(stride, int) and stride > 1
+                              and self.img_resolution % stride == 0), "stride",
+              f"1, or for the last stage an int dividing {self.img_resolution}", stride)
         x, img = state if isinstance(state, tuple) else (state, None)
-        x, img = getattr(self, f"b{self.block_resolutions[i]}")(x, img, ws, self._rows[i][0], noise_mode)
+        x, img = getattr(self, f"b{self.block_resolutions[i]}")(x, img, ws, self._rows[i][0], noise_mode,
+                                                                stride=stride)
         if i == self.num_stages - 1:
             return img
         return x if img is None else (x, img)
@@ -340,6 +356,18 @@ class StyleGAN2Generator(StyleGANSurface, nn.Module):
     """
 
     accepts_ws_rows = True  # run_stage also takes W+ as a tuple of num_ws rows [B, w_dim] (StagedGenerator)
+
+    # ---- sampled last stage (StagedGenerator's optional extension) ---------------------------------------------
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        """``(img_channels, R, R)``: the shape of one image."""
+        return (self.img_channels, self.img_resolution, self.img_resolution)
+
+    def run_last_stage_sampled(self, state: Any, ws, stride: int) -> torch.Tensor:
+        """The last stage (block) from ``state`` producing the image only at rows / columns ``0, stride, ...``:
+        ``[B, C, R/stride, R/stride]``, equal to ``run_stage(num_stages - 1, state, ws)[..., ::stride, ::stride]``
+        (``stride`` must divide R). Its conv1, toRGB and skip branches compute only the sampled pixels."""
+        return self.synthesis.run_stage(self.num_stages - 1, state, ws, stride=stride)
 
     def __init__(self, z_dim: int = 512, w_dim: int = 512, c_dim: int = 0, img_resolution: int = 1024,
                  img_channels: int = 3, channel_base: int = 32768, channel_max: int = 512,
