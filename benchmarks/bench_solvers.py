@@ -4,7 +4,8 @@ For each latent dimension d (default 512 and 9216) on a 256x256 grid (P = 65,536
 Jacobian (rank 30 + noise, resefa_fast.testing.random_jacobian):
 
 - one region (the FFHQ "eyes" preset): naive (fp32 masked Grams + Cholesky + full eigh), reference (float64),
-  original (numpy inv + eig, CPU; only up to --original-max-d), general/cholesky, general/woodbury, bulk
+  original (numpy inv + eig, CPU; only up to --original-max-d), general/cholesky, general/refined,
+  general/woodbury, bulk
   (precompute + one region);
 - R regions (default 1,000 random face-part-sized boxes): bulk precompute and per-region solve, total.
 
@@ -126,6 +127,9 @@ def run_dim(d, args, device):
         add("original (numpy inv + eig, float32)",
             lambda: reference.solve_original(J, regions, k, full_rank=True), repeats=1)
     add("general / cholesky, row space", lambda: solve_general(J, regions, k, 1e-3, "mean"))
+    add("general / refined (fp16 Gram preconditioner, fp64 refinement)" if device.type == "cuda" else
+        "general / refined (fp32 Gram preconditioner, fp64 refinement)",
+        lambda: solve_general(J, regions, k, 1e-3, "mean", method="refined"))
     if d <= args.woodbury_max_d:
         add("general / woodbury (paper, eq. 12 fixed)",
             lambda: solve_general(J, regions, k, 1e-3, "mean", method="woodbury"), repeats=1)

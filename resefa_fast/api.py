@@ -76,10 +76,24 @@ def _package(solutions: List[Solution], regions: Regions, batched_latents: bool,
     return Directions(stack("directions"), stack("eigenvalues"), stack("residuals"), list(regions.names), merged)
 
 
-def _auto_method(regions: Regions, compute_dtype: torch.dtype) -> str:
-    """``method="auto"``: bulk for several regions with complement backgrounds in float64, else cholesky."""
+#: From this latent dimension on, ``method="auto"`` solves single regions on GPUs by the refined route (float16
+#: Gram preconditioner + float64 refinement): measured on an H100 in benchmarks/NOTES.md.
+REFINED_MIN_DIM = 2048
+
+
+def _auto_method(regions: Regions, compute_dtype: torch.dtype, jacobian: Optional[torch.Tensor] = None,
+                 tau: Optional[float] = None) -> str:
+    """``method="auto"``: bulk for several regions with complement backgrounds in float64; else, for a Jacobian on
+    a GPU with d ≥ :data:`REFINED_MIN_DIM` and τ > 0, refined; else cholesky."""
     bulk_fits = len(regions) > 1 and regions.background is None and compute_dtype == torch.float64
-    return "bulk" if bulk_fits else "cholesky"
+    if bulk_fits:
+        return "bulk"
+    return "refined" if _refined_fits(jacobian, tau) else "cholesky"
+
+
+def _refined_fits(jacobian: Optional[torch.Tensor], tau: Optional[float]) -> bool:
+    return (jacobian is not None and jacobian.device.type == "cuda" and jacobian.shape[-1] >= REFINED_MIN_DIM
+            and tau is not None and tau > 0)
 
 
 def _prepare(jacobian, batched, grid, latents, backend, dtype):
@@ -120,9 +134,10 @@ def factorize(
         background: explicit background mask(s); default the complement ``1 − m``.
         normalize: ``"mean"`` (``c = 1/Σweights``, the original code) or ``"sum"`` (``c = 1``, the paper).
         backend: ``"auto"``, ``"torch"``, ``"cuda"`` or ``"reference"`` (:mod:`resefa_fast.backends`).
-        method: ``"auto"``, ``"cholesky"`` / ``"woodbury"`` (general path, one region at a time) or ``"bulk"``
-            (shared eigenbasis; complement backgrounds; float64 only). Auto: bulk for several regions with
-            complement backgrounds in float64, else cholesky.
+        method: ``"auto"``, ``"cholesky"`` / ``"woodbury"`` / ``"refined"`` (general path, one region at a time)
+            or ``"bulk"`` (shared eigenbasis; complement backgrounds; float64 only). Auto: bulk for several regions
+            with complement backgrounds in float64; else refined on a GPU for d ≥ 2048 and τ > 0 (a float16 Gram
+            as preconditioner, float64 refinement: the float64 route's accuracy in half its time); else cholesky.
         latents: for a batched Jacobian, ``"per_image"`` (one result per latent code) or ``"stack"`` (directions
             shared by all images: the N Jacobians' rows stacked into one problem).
         dtype: working precision (default float64, see ``_compute_dtype``; the Jacobian itself may be float32).
@@ -143,7 +158,7 @@ def factorize(
     if ran == "reference":
         chosen = "reference"
     elif method == "auto":
-        chosen = _auto_method(regions, compute_dtype)
+        chosen = _auto_method(regions, compute_dtype, values, tau)
     else:
         chosen = method
     solutions = []
@@ -206,7 +221,9 @@ class Factorizer:
                 solutions.append(solve_bulk(basis, parsed, k, tau, self.normalize, tol=self.tol, progress=progress,
                                             backend=self.backend))
             else:
-                solutions.append(solve_general(J, parsed, k, tau, self.normalize, tol=self.tol, dtype=self.dtype))
+                method = "refined" if _refined_fits(J, tau) else "cholesky"
+                solutions.append(solve_general(J, parsed, k, tau, self.normalize, method=method, tol=self.tol,
+                                               dtype=self.dtype))
         info = {"backend": self.backend, "backend_reason": self.backend_reason, "tau": tau,
                 "normalize": self.normalize, "latents": self.latents}
         return _package(solutions, parsed, self.jacobian.batched and self.latents == "per_image", info)

@@ -15,6 +15,57 @@ def row_energies(jacobian: torch.Tensor) -> torch.Tensor:
     return jacobian.square().sum(dim=-1)
 
 
+def row_energies_float64(jacobian: torch.Tensor, chunk_bytes: int = 1 << 28) -> torch.Tensor:
+    """``e_p = ‖J_p‖²`` ``[P]`` summed in float64, converting row chunks as they are used (no float64 copy of J)."""
+    if jacobian.dtype == torch.float64:  # one fused read
+        return torch.linalg.vector_norm(jacobian, dim=1).square()
+    rows = max(1, chunk_bytes // (8 * jacobian.shape[1]))
+    return torch.cat([torch.linalg.vector_norm(jacobian[start:start + rows].to(torch.float64), dim=1).square()
+                      for start in range(0, jacobian.shape[0], rows)])
+
+
+def approximate_gram(jacobian: torch.Tensor, row_scale: torch.Tensor, precision: str) -> torch.Tensor:
+    """``(diag(s) J)ᵀ (diag(s) J)`` ``[d, d]`` float32 with operands rounded to ``precision`` (a preconditioner, not
+    a result: see :mod:`resefa_fast.solve.refined`).
+
+    ``"float16"``: columns are scaled by powers of two to a maximum magnitude in [0.5, 1) (exact, and keeps
+    float16 in range), rounded, multiplied on tensor cores with float32 accumulation and output, and unscaled —
+    the rounding error of TF32 at twice its rate (on a CPU the same operands are multiplied in float32).
+    ``"float32"`` / ``"float64"``: :func:`gram` in that dtype."""
+    if precision in ("float32", "float64"):
+        return gram(jacobian, dtype=getattr(torch, precision), row_scale=row_scale.to(getattr(torch, precision)))
+    if precision != "float16":
+        raise ValueError(f"approximate_gram: precision must be 'float16', 'float32' or 'float64'; got {precision!r}")
+    peak = torch.linalg.vector_norm(jacobian, ord=float("inf"), dim=0).float()  # ≥ the row-scaled peak (s ≤ 1)
+    exponent = torch.where(peak > 0, torch.frexp(peak).exponent, torch.zeros_like(peak, dtype=torch.int32))
+    column_scale = torch.ldexp(torch.ones_like(peak), -exponent)  # peak · 2^-e in [0.5, 1)
+    half = torch.empty(jacobian.shape, dtype=torch.float16, device=jacobian.device)
+    torch.mul(jacobian, column_scale.to(jacobian.dtype), out=half)  # scale and round in one pass
+    half.mul_(row_scale.to(torch.float16)[:, None])  # √weights rounded to float16 too: a preconditioner's accuracy
+    if half.device.type == "cuda":
+        product = _half_gram(half)
+    else:  # no float16 GEMM on CPUs: the same operands, multiplied in float32
+        product = gram(half.float())
+    return product / (column_scale[:, None] * column_scale[None, :])
+
+
+def _half_gram(half: torch.Tensor, block: int = 2304) -> torch.Tensor:
+    """``Hᵀ H`` float32 for a float16 ``H`` ``[P, d]``: blocks on and above the diagonal, float32 accumulation and
+    output (``torch.mm(..., out_dtype=torch.float32)``)."""
+    d = half.shape[1]
+    out = torch.empty(d, d, dtype=torch.float32, device=half.device)
+    starts = range(0, d, block)
+    for i in starts:
+        for j in starts:
+            if j < i:
+                continue
+            product = torch.mm(half[:, i:i + block].transpose(0, 1), half[:, j:j + block], out_dtype=torch.float32)
+            out[i:i + block, j:j + block] = product
+            if j > i:
+                out[j:j + block, i:i + block] = product.transpose(0, 1)
+    return out
+
+
 def masked_grams(
     jacobian: torch.Tensor,
     weights: torch.Tensor,

@@ -125,3 +125,19 @@ def test_reference_module_public_entry_points(make_jacobian):
     assert port.directions.shape == (12, 12)  # all d directions, like the original's directions file
     cos = (port.directions[:4] * oracle.directions).sum(-1).abs()
     assert float(cos.min()) > 0.999
+
+
+def test_auto_method_picks_refined_for_large_d_on_gpus_only(device):
+    """method="auto" for one region: the refined route on a GPU at d >= REFINED_MIN_DIM (and τ > 0), cholesky
+    otherwise; either way the float64 reference's answer."""
+    from resefa_fast.api import REFINED_MIN_DIM
+
+    d = REFINED_MIN_DIM
+    J = random_jacobian((32, 32), d, seed=31, device=device).reshape(32, 32, d)
+    out = rf.factorize(J, (14, 16, 8, 12), k=8)
+    assert out.info["method"] == ("refined" if device == "cuda" else "cholesky")
+    ref = rf.factorize(J, (14, 16, 8, 12), k=9, backend="reference")
+    assert_matches_reference(out.eigenvalues, out.directions, ref.eigenvalues[:8], ref.directions[:8],
+                             torch.float64, ref.eigenvalues[8])
+    small = rf.factorize(J[..., :d // 4].contiguous(), (14, 16, 8, 12), k=8)
+    assert small.info["method"] == "cholesky"

@@ -6,8 +6,10 @@ import torch
 import resefa_fast as rf
 from resefa_fast import reference
 from resefa_fast.regions import as_regions, box_mask
-from resefa_fast.solve.common import default_tolerance
+from resefa_fast.gram import approximate_gram, gram
+from resefa_fast.solve.common import Solution, canonical_directions, default_tolerance
 from resefa_fast.solve.general import solve_general, woodbury_inverse
+from resefa_fast.solve.refined import BlockedCholesky, exact_products, solve_refined
 from resefa_fast.testing import random_jacobian
 
 from conftest import assert_matches_reference, naive_float32
@@ -30,7 +32,7 @@ def _reference(J, region, k, **kwargs):
 
 
 @pytest.mark.parametrize("grid,dim,box", CASES)
-@pytest.mark.parametrize("method", ["cholesky", "woodbury", "bulk"])
+@pytest.mark.parametrize("method", ["cholesky", "woodbury", "refined", "bulk"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_paths_match_reference_on_boxes(make_jacobian, device, grid, dim, box, method, dtype):
     J = make_jacobian(grid, dim, seed=hash((grid, dim)) % 1000, device=device, rank=min(30, dim))
@@ -49,7 +51,7 @@ def test_paths_match_reference_on_boxes(make_jacobian, device, grid, dim, box, m
     assert float(out.residuals.max()) <= 100 * default_tolerance(dtype)
 
 
-@pytest.mark.parametrize("method", ["cholesky", "woodbury", "bulk"])
+@pytest.mark.parametrize("method", ["cholesky", "woodbury", "refined", "bulk"])
 def test_soft_masks_and_channels(make_jacobian, device, method):
     """Soft (float) masks on a 3-channel Jacobian: the spatial mask applies to every channel."""
     J = make_jacobian((20, 18), 40, channels=3, seed=5, device=device)
@@ -63,7 +65,7 @@ def test_soft_masks_and_channels(make_jacobian, device, method):
                                  torch.float64, ref_next[r])
 
 
-@pytest.mark.parametrize("method", ["cholesky", "woodbury"])
+@pytest.mark.parametrize("method", ["cholesky", "woodbury", "refined"])
 def test_explicit_background(make_jacobian, device, method):
     J = make_jacobian((16, 16), 48, seed=11, device=device)
     background = torch.zeros(16, 16)
@@ -181,7 +183,7 @@ def test_normalisation_changes_eigenvalues_not_directions(make_jacobian):
     assert torch.allclose(total.eigenvalues, mean.eigenvalues * 16 / 240, rtol=1e-9)
 
 
-@pytest.mark.parametrize("method", ["cholesky", "bulk"])
+@pytest.mark.parametrize("method", ["cholesky", "refined", "bulk"])
 def test_tau_zero_singular_background_is_a_clear_error(method):
     """A rank-5 Jacobian with d = 12: M_b is singular without regularisation."""
     generator = torch.Generator().manual_seed(0)
@@ -205,6 +207,8 @@ def _local_jacobian(device):
     ("bulk", "dense", torch.float64, 1e-3), ("bulk", "iterative", torch.float64, 1e-3),
     ("bulk", "dense", torch.float64, 1e-6), ("bulk", "iterative", torch.float64, 1e-6),
     ("cholesky", None, torch.float32, 1e-3), ("cholesky", None, torch.float64, 1e-6),
+    ("refined", "float16", torch.float32, 1e-3), ("refined", "float16", torch.float64, 1e-6),
+    ("refined", "float32", torch.float64, 1e-6),
 ])
 def test_local_directions_with_large_eigenvalues(device, method, solver, dtype, tau):
     """λ c_b / c_f up to 1e8: μ = λ/(c_f + λ c_b) bunches just below 1/c_b, and every background quantity formed
@@ -217,6 +221,11 @@ def test_local_directions_with_large_eigenvalues(device, method, solver, dtype, 
     regions = as_regions(box, (1, 24, 24), 576, device)
     if method == "bulk":
         out = solve_bulk(precompute(J.reshape(576, 64)), regions, 6, tau, "mean", solver=solver)
+    elif method == "refined":  # solver: the preconditioner's operand precision
+        values, n, residuals, _ = solve_refined(J.reshape(576, 64), regions.foreground[0],
+                                                regions.background_weights(torch.float64)[0], 6, tau, "mean",
+                                                precision=solver)
+        out = Solution(values[None].to(dtype), canonical_directions(n)[None].to(dtype), residuals[None], {})
     else:
         out = solve_general(J.reshape(576, 64), regions, 6, tau, "mean", dtype=dtype)
     naive = naive_float32(J, rf.box_mask(box, (24, 24)), 6, tau=tau)
@@ -237,3 +246,62 @@ def test_cuda_backend_bulk_matches_reference(make_jacobian):
     for r in range(3):
         assert_matches_reference(out.eigenvalues[r], out.directions[r], ref.eigenvalues[r, :4], ref.directions[r, :4],
                                  torch.float64, ref.eigenvalues[r, 4])
+
+
+@pytest.mark.parametrize("precision", ["float16", "float32"])
+def test_refined_converges_from_a_low_precision_preconditioner(make_jacobian, device, precision):
+    """The refined route on a larger generator-like problem: float64 accuracy from a float16/float32 Gram, in a
+    few passes over J (each pass gains the digits the preconditioner has: about 2-3 for float16 at tau = 1e-3)."""
+    J = make_jacobian((48, 48), 640, seed=21, device=device, rank=60, decay=0.7)
+    box = (20, 26, 12, 30)
+    ref_values, ref_directions, ref_next = _reference(J, box, 16)
+    regions = as_regions(box, (1, 48, 48), 48 * 48, device)
+    values, n, residuals, info = solve_refined(J.reshape(-1, 640), regions.foreground[0],
+                                               regions.background_weights(torch.float64)[0], 16, 1e-3, "mean",
+                                               precision=precision)
+    assert info["passes_over_J"] <= 6, info
+    assert_matches_reference(values, canonical_directions(n), ref_values, ref_directions, torch.float64, ref_next)
+    assert float(residuals.max()) <= default_tolerance(torch.float64)
+
+
+def test_approximate_gram_rounds_only_the_operands(make_jacobian, device):
+    """float16 operands (columns scaled by powers of two, which is exact), float32 accumulation: equal to the Gram
+    of the rounded operands, and within float16's rounding (2^-11 relative) of the exact Gram."""
+    J = make_jacobian((32, 32), 200, seed=4, device=device).reshape(-1, 200) * 1e-3  # small values: scaling matters
+    rows = torch.rand(J.shape[0], generator=torch.Generator().manual_seed(1)).to(device)
+    exact = gram(J.double(), row_scale=rows.double())
+    approx = approximate_gram(J, rows, "float16")
+    assert approx.dtype == torch.float32 and approx.shape == (200, 200)
+    rel = float((approx.double() - exact).norm() / exact.norm())
+    assert 1e-6 < rel < 2.0 ** -10, rel  # rounded (not exact), and by float16's unit roundoff at most
+    with pytest.raises(ValueError, match="precision"):
+        approximate_gram(J, rows, "bfloat16")
+
+
+def test_exact_products_are_float64_whatever_the_chunking(make_jacobian):
+    """``J Z``, ``Jᵀ(m ∘ J Z)``, ``Jᵀ(m_b ∘ J Z)`` in float64 from a float32 J, independent of the row chunks."""
+    J = make_jacobian((20, 30), 50, seed=8).reshape(-1, 50)
+    generator = torch.Generator().manual_seed(2)
+    Z = torch.randn(50, 7, generator=generator, dtype=torch.float64)
+    m, b = torch.rand(600, generator=generator, dtype=torch.float64), torch.rand(600, generator=generator,
+                                                                                  dtype=torch.float64)
+    Jd = J.double()
+    for chunk_bytes in (8 * 50, 8 * 50 * 7, 1 << 20):  # one row, 7 rows (600 is not a multiple), everything
+        Y, F, B = exact_products(J, Z, m, b, chunk_bytes=chunk_bytes)
+        assert Y.dtype == torch.float64
+        torch.testing.assert_close(Y, Jd @ Z, rtol=1e-13, atol=0)
+        torch.testing.assert_close(F, Jd.T @ (m[:, None] * (Jd @ Z)), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(B, Jd.T @ (b[:, None] * (Jd @ Z)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("block", [7, 16, 64])
+def test_blocked_cholesky_solves_equal_triangular_solves(device, block):
+    """Block substitution with inverted diagonal blocks (uneven last block included) equals TRSM."""
+    generator = torch.Generator().manual_seed(block)
+    A = torch.randn(50, 50, generator=generator, dtype=torch.float64)
+    L = torch.linalg.cholesky(A @ A.T + 50 * torch.eye(50, dtype=torch.float64)).to(device)
+    R = torch.randn(50, 5, generator=generator, dtype=torch.float64).to(device)
+    factor = BlockedCholesky(L, block=block)
+    torch.testing.assert_close(factor.solve_lower(R), torch.linalg.solve_triangular(L, R, upper=False))
+    torch.testing.assert_close(factor.solve_upper(R), torch.linalg.solve_triangular(L.T, R, upper=True))
+    torch.testing.assert_close(factor.solve(R), torch.cholesky_solve(R, L))

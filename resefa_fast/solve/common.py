@@ -145,6 +145,19 @@ def topk_eigh(
     return theta[..., :keep], X[..., :keep], residual, applications, converged
 
 
+def top_eigenpairs(S: torch.Tensor, k: int, tol: Optional[float], dense_max: int = 512):
+    """Top-k eigenpairs of a small symmetric PSD matrix: dense eigh up to ``dense_max`` rows, else subspace
+    iteration. Returns ``(values [k], vectors [m, k], operator applications)``."""
+    if S.shape[0] <= dense_max:
+        values, vectors = torch.linalg.eigh(0.5 * (S + S.transpose(0, 1)))
+        return values.flip(0)[:k], vectors.flip(1)[:, :k], 0
+    values, vectors, _, its, converged = topk_eigh(lambda X: S @ X, S.shape[0], k, dtype=S.dtype, device=S.device,
+                                                   tol=tol)
+    if not bool(converged.all()):  # finish exactly rather than return unconverged pairs
+        return top_eigenpairs(S, k, tol, dense_max=S.shape[0])
+    return values, vectors, its
+
+
 def orthonormalize(Z: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis of the columns of ``Z`` ``[*batch, m, b]`` by Cholesky QR, twice (CholQR2: a few batched
     GEMMs and b×b factorisations, fast on GPUs where batched Householder QR loops over the batch). Falls back to

@@ -10,6 +10,8 @@ cancels when the background energy is small), then one of two routes to the top-
   ``C⁻¹ = (1/a)(I − V D̃ Vᵀ)`` with ``D̃ = D (aI + D²)⁻¹ D`` (the paper's ``aI − V D̃ Vᵀ`` is not the inverse), and
   the symmetric form ``C^{-1/2} M_f C^{-1/2}``. Dropping eigenvalues below ``ε·a`` moves each generalised
   eigenvalue by a relative ``ε`` at most.
+- ``"refined"``: no float64 Gram at all — an approximate (float16-operand) Gram as preconditioner and float64
+  refinement through J's rows (:mod:`.refined`); the fastest route for large d on GPUs.
 """
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ import torch
 
 from ..gram import masked_grams
 from ..reference import cholesky_checked
+from ..errors import ResefaError
 from ..regions import Regions
-from .common import Solution, canonical_directions, relative_residuals, scale_constants, topk_eigh
+from .refined import solve_refined
+from .common import Solution, canonical_directions, relative_residuals, scale_constants, top_eigenpairs, topk_eigh
 
-METHODS = ("cholesky", "woodbury")
+METHODS = ("cholesky", "woodbury", "refined")
 
 
 def woodbury_inverse(V: torch.Tensor, D: torch.Tensor, a: float) -> torch.Tensor:
@@ -34,25 +38,12 @@ def woodbury_inverse(V: torch.Tensor, D: torch.Tensor, a: float) -> torch.Tensor
     return (eye - (V * d_tilde) @ V.transpose(0, 1)) / a
 
 
-def _top_eigenpairs(S: torch.Tensor, k: int, tol: Optional[float], dense_max: int = 512):
-    """Top-k eigenpairs of a small symmetric PSD matrix: dense eigh up to ``dense_max`` rows, else subspace
-    iteration. Returns ``(values [k], vectors [m, k], operator applications)``."""
-    if S.shape[0] <= dense_max:
-        values, vectors = torch.linalg.eigh(0.5 * (S + S.transpose(0, 1)))
-        return values.flip(0)[:k], vectors.flip(1)[:, :k], 0
-    values, vectors, _, its, converged = topk_eigh(lambda X: S @ X, S.shape[0], k, dtype=S.dtype, device=S.device,
-                                                   tol=tol)
-    if not bool(converged.all()):  # finish exactly rather than return unconverged pairs
-        return _top_eigenpairs(S, k, tol, dense_max=S.shape[0])
-    return values, vectors, its
-
-
 def _topk_of_operator(apply, size: int, k: int, dtype, device, tol):
     """Top-k of a d×d symmetric PSD operator by subspace iteration; if it has not converged, the operator is formed
     (``apply(I)``) and solved densely rather than returning unconverged pairs."""
     values, vectors, _, its, converged = topk_eigh(apply, size, k, dtype=dtype, device=device, tol=tol)
     if not bool(converged.all()):
-        values, vectors, _ = _top_eigenpairs(apply(torch.eye(size, dtype=dtype, device=device)), k, tol,
+        values, vectors, _ = top_eigenpairs(apply(torch.eye(size, dtype=dtype, device=device)), k, tol,
                                              dense_max=size)
     return values, vectors, its
 
@@ -134,6 +125,11 @@ def solve_general(
     foreground = regions.foreground.to(dtype)
     out_values, out_vectors, out_residuals, iterations = [], [], [], []
     info = {"path": "general", "method": method, "ops": "torch", "dtype": str(dtype).replace("torch.", "")}
+    if method == "refined":
+        if reduce is not None:
+            raise ResefaError("method 'refined' needs all rows of J in one process; use method='cholesky' with "
+                              "pixel-sharded Jacobians")
+        return _solve_refined_regions(J, foreground, background, k, tau, normalize, tol, dtype, info)
     for r in range(len(regions)):
         M_f, M_b, a, c_f = _region_matrices(J, foreground[r], background[r], tau, normalize, dtype, reduce)
         rows = torch.nonzero(foreground[r]).flatten()
@@ -144,7 +140,7 @@ def solve_general(
             F = torch.linalg.solve_triangular(
                 L, (J[rows].to(dtype) * foreground[r, rows].sqrt()[:, None]).transpose(0, 1), upper=False)
             S = c_f * (F.transpose(0, 1) @ F)
-            values, U, its = _top_eigenpairs(S, k, tol)
+            values, U, its = top_eigenpairs(S, k, tol)
             n = torch.linalg.solve_triangular(L.transpose(0, 1), F @ U, upper=True).transpose(0, 1)
         else:
             values, n, its, rank = solve_pencil(M_f, M_b, a, k, tau, J.dtype, method, tol, woodbury_eps)
@@ -157,3 +153,19 @@ def solve_general(
         iterations.append(its)
     info["applications"] = iterations
     return Solution(torch.stack(out_values), torch.stack(out_vectors), torch.stack(out_residuals), info)
+
+
+def _solve_refined_regions(J, foreground, background, k, tau, normalize, tol, dtype, info) -> Solution:
+    """The ``"refined"`` route for each region. It refines in float64 whatever ``dtype`` (the cost is in passes over
+    J, not in the working precision); results are returned in ``dtype``. Residuals are the exact pencil's."""
+    out_values, out_vectors, out_residuals, details = [], [], [], []
+    for r in range(len(foreground)):
+        values, n, residuals, detail = solve_refined(J, foreground[r], background[r], k, tau, normalize, tol=tol)
+        out_values.append(values)
+        out_vectors.append(canonical_directions(n))
+        out_residuals.append(residuals)
+        details.append(detail)
+    info.update(refinement="float64", precision=details[0]["precision"],
+                iterations=[x["iterations"] for x in details])
+    return Solution(torch.stack(out_values).to(dtype), torch.stack(out_vectors).to(dtype),
+                    torch.stack(out_residuals).to(dtype), info)
