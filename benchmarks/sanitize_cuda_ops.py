@@ -18,12 +18,20 @@ for precision in ("fp32", "tf32", "bf16"):
     out, _ = cuda_ops.masked_grams(J, w, precision=precision)
     cuda_ops.masked_grams(J, w, out=out, accumulate=True, precision=precision, workspace_bytes=4096)
 cuda_ops.row_energies(J)
+# d % 4 == 0: the float4 weighted-copy path (fp32 and the bf16 8-byte stores); a view 4 bytes off alignment: scalar
+J4 = torch.randn(301, 20, device="cuda")
+for precision in ("fp32", "bf16"):
+    cuda_ops.masked_grams(J4, w, precision=precision)
+cuda_ops.masked_grams(torch.randn(301 * 20 + 1, device="cuda")[1:].view(301, 20), w)
 jv, scale = torch.randn(2 * 13 * 11, 7, device="cuda"), torch.rand(4, 7, device="cuda")
 cuda_ops.gather_scaled_rows(jv, scale, boxes=torch.tensor([[6, 5, 3, 4], [0, 0, 5, 5], [12, 10, 9, 9], [6, 5, 0, 2]]),
                             grid=(13, 11))
 masks = torch.rand(4, 13, 11)
 masks[masks < 0.5] = 0
 cuda_ops.gather_scaled_rows(jv, scale, masks=masks, grid=(13, 11))
+for width in (8, 6):  # float4 and float2 gathers (k = 7 above: scalar)
+    jv_w, scale_w = torch.randn(2 * 13 * 11, width, device="cuda"), torch.rand(4, width, device="cuda")
+    cuda_ops.gather_scaled_rows(jv_w, scale_w, masks=masks, grid=(13, 11))
 a = torch.randn(40, 40, device="cuda", dtype=torch.float64)
 a = a @ a.T + torch.eye(40, device="cuda", dtype=torch.float64)
 cuda_ops.syevdx_topk(a, 3)

@@ -152,6 +152,82 @@ def test_masked_grams_accumulates_pixel_chunks_and_small_workspace():
     assert relative_error(small, ref) <= 2 * baseline + TOLERANCE_FLOOR["fp32"]
 
 
+def check_grams_and_traces(J, w, grams, traces, precision):
+    """Grams within 2x the same-precision torch error of float64, traces (float32 in every mode) within 2x a
+    float32 torch ``Σ w‖J_p‖²``."""
+    ref, ref_traces = reference_grams(J, w)
+    baseline = relative_error(torch_same_precision(J, w, precision), ref)
+    assert torch.isfinite(grams).all() and torch.isfinite(traces).all()
+    assert relative_error(grams, ref) <= 2 * baseline + TOLERANCE_FLOOR[precision]
+    assert relative_error(traces, ref_traces) <= TOLERANCE_FLOOR["fp32"] + 2 * relative_error(
+        (w * J.square().sum(1)).sum(1), ref_traces)
+
+
+@needs_gpu
+@pytest.mark.parametrize("P, d, R", [
+    (5, 3, 1),        # P below one block of rows; d odd: scalar path, 4-lane row groups
+    (31, 512, 1),     # float4 path, one warp per row, P < the 32 rows of a block
+    (1001, 4, 37),    # float4 path with one vector per row (1-lane groups, 1024-row blocks); R = 37
+    (777, 36, 37),    # float4 path, 9 vectors per row (partial batch, partial warp), P not a block multiple
+    (2050, 130, 1),   # d % 4 == 2: scalar path, several batches of 4 per lane
+    (4133, 516, 2),   # float4 path, 129 vectors per row: the last batch of a row holds one vector
+])
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_masked_grams_vector_and_scalar_paths(P, d, R, precision):
+    """The weighted-copy kernel's paths: float4 (d % 4 == 0) and scalar, row groups of 1..32 lanes, block tails."""
+    g = torch.Generator(device="cuda").manual_seed(P + 13 * d + R)
+    J = torch.randn(P, d, device="cuda", generator=g)
+    w = soft_weights(R, P, g, "cuda")
+    out = torch.full((R, d, d), float("nan"), device="cuda")
+    grams, traces = cuda_ops.masked_grams(J, w, out=out, precision=precision)
+    check_grams_and_traces(J, w, grams, traces, precision)
+
+
+@needs_gpu
+@pytest.mark.parametrize("offset", [1, 2, 4])  # floats: 4 / 8 bytes off 16-byte alignment (scalar), 16 (float4)
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_masked_grams_offset_views(offset, precision):
+    """Contiguous views with a storage offset reach the kernel as they are (data_ptr not 16-byte aligned): the
+    alignment check must fall back to the scalar path, never misread."""
+    g = torch.Generator(device="cuda").manual_seed(offset)
+    P, d, R = 1500, 64, 3
+    J = torch.randn(P * d + offset, device="cuda", generator=g)[offset:].view(P, d)
+    w = torch.rand(R * P + offset, device="cuda", generator=g)[offset:].view(R, P)
+    assert J.is_contiguous() and J.storage_offset() == offset and w.storage_offset() == offset
+    grams, traces = cuda_ops.masked_grams(J, w, precision=precision)
+    check_grams_and_traces(J, w, grams, traces, precision)
+
+
+@needs_gpu
+@pytest.mark.parametrize("d", [64, 33])
+def test_masked_grams_traces_over_mask_and_pixel_blocks(d):
+    """A workspace that forces several mask blocks (R = 37 in blocks of 5) and pixel blocks of 2048: the traces
+    are summed per block and added across pixel blocks; they must still match float64."""
+    g = torch.Generator(device="cuda").manual_seed(d)
+    P, R = 5003, 37
+    J = torch.randn(P, d, device="cuda", generator=g)
+    w = soft_weights(R, P, g, "cuda")
+    grams, traces = cuda_ops.masked_grams(J, w, workspace_bytes=2048 * d * 4 * 5)
+    check_grams_and_traces(J, w, grams, traces, "fp32")
+
+
+@needs_gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_masked_grams_traces_are_deterministic(precision):
+    """No float atomics in the traces: two calls give bitwise-equal traces, one pixel block or several."""
+    g = torch.Generator(device="cuda").manual_seed(5)
+    P, d, R = 65536 + 13, 96, 3
+    J = torch.randn(P, d, device="cuda", generator=g)
+    w = soft_weights(R, P, g, "cuda")
+    for workspace in (512 << 20, 4096 * d * 4 * R):
+        first = cuda_ops.masked_grams(J, w, precision=precision, workspace_bytes=workspace)[1]
+        second = cuda_ops.masked_grams(J, w, precision=precision, workspace_bytes=workspace)[1]
+        assert torch.equal(first, second)
+        ref = (w.double() * J.double().square().sum(1)).sum(1)
+        assert relative_error(first, ref) <= TOLERANCE_FLOOR["fp32"] + 2 * relative_error(
+            (w * J.square().sum(1)).sum(1), ref)
+
+
 @needs_gpu
 def test_row_energies_matches_float64():
     J = torch.randn(4097, 111, device="cuda")
@@ -211,6 +287,71 @@ def test_gather_from_soft_masks(R):
     ref, ref_counts = reference_gather(jv, scale, masks.cuda(), C)
     assert counts.cpu().tolist() == ref_counts.tolist()
     torch.testing.assert_close(out.double(), ref, rtol=4e-7, atol=0)  # sqrt and two products: a few ulp
+
+
+def float32_gather(jv, scale, masks, C):
+    """The gather in float32 with the kernel's operation order, ``(√m · jv) · scale``: must match bit for bit."""
+    R, H, W = masks.shape
+    rows = []
+    for r in range(R):
+        m = masks[r].reshape(-1).float().repeat(C)
+        idx = torch.nonzero(m > 0).flatten()
+        rows.append((m[idx].sqrt()[:, None] * jv[idx]) * scale[r])
+    return rows
+
+
+def poison_next_allocation(numel):
+    """Leave NaNs in the caching allocator's free block of this size, so that an output row the kernel forgets to
+    write (the zero padding) shows up (best effort: the allocator usually hands the same block back)."""
+    torch.full((numel,), float("nan"), device="cuda")
+
+
+@needs_gpu
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 6, 8, 36, 130, 512, 516])
+@pytest.mark.parametrize("mode", ["boxes", "masks"])
+def test_gather_vector_widths_exact(k, mode):
+    """float4 (k % 4 == 0), float2 (k % 2 == 0) and scalar paths, row groups of 1..32 lanes, padded rows: exact."""
+    g = torch.Generator().manual_seed(k)
+    C, H, W = 2, 37, 29
+    boxes = torch.tensor([[18, 14, 37, 29], [0, 0, 3, 3], [36, 28, 5, 7], [10, 20, 1, 1], [20, 5, 9, 40]],
+                         dtype=torch.int32)
+    box_masks = torch.stack([box_mask(b.tolist(), (H, W)) for b in boxes])
+    if mode == "boxes":
+        masks = box_masks
+    else:
+        masks = torch.rand(len(boxes), H, W, generator=g) * box_masks
+        masks[masks < 0.2] = 0
+        masks[3] = 0  # an empty region: all of its rows are padding
+    jv = torch.randn(C * H * W, k, generator=g).cuda()
+    scale = torch.rand(len(boxes), k, generator=g).cuda()
+    rows = float32_gather(jv, scale, masks.cuda(), C)
+    poison_next_allocation(len(boxes) * max(x.shape[0] for x in rows) * k)
+    if mode == "boxes":
+        out, counts = cuda_ops.gather_scaled_rows(jv, scale, boxes=boxes, grid=(H, W))
+    else:
+        out, counts = cuda_ops.gather_scaled_rows(jv, scale, masks=masks, grid=(H, W))
+    assert counts.cpu().tolist() == [x.shape[0] for x in rows]
+    assert out.shape == (len(boxes), max(x.shape[0] for x in rows), k)
+    for r, x in enumerate(rows):
+        assert torch.equal(out[r, : x.shape[0]], x)
+        assert (out[r, x.shape[0]:] == 0).all()
+
+
+@needs_gpu
+@pytest.mark.parametrize("offset", [1, 2, 4])  # floats: scalar, float2, float4 path for k = 64
+def test_gather_offset_views_exact(offset):
+    """jv / scale views with a storage offset: the access width must follow the pointers' alignment."""
+    g = torch.Generator().manual_seed(offset)
+    C, H, W, k = 1, 16, 16, 64
+    jv = torch.randn(C * H * W * k + offset, generator=g).cuda()[offset:].view(C * H * W, k)
+    scale = torch.rand(3 * k + offset, generator=g).cuda()[offset:].view(3, k)
+    assert jv.storage_offset() == offset and scale.storage_offset() == offset
+    masks = torch.rand(3, H, W, generator=g)
+    masks[masks < 0.5] = 0
+    out, counts = cuda_ops.gather_scaled_rows(jv, scale, masks=masks, grid=(H, W))
+    rows = float32_gather(jv, scale, masks.cuda(), C)
+    for r, x in enumerate(rows):
+        assert torch.equal(out[r, : x.shape[0]], x) and (out[r, x.shape[0]:] == 0).all()
 
 
 # ------------------------------------------------------------------------------------------------ cuSOLVER

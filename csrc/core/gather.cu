@@ -56,34 +56,107 @@ __global__ void mask_lists_kernel(GatherParams p, int32_t* __restrict__ lists) {
   if (threadIdx.x == 0) p.counts[r] = int32_t(p.C * running);
 }
 
-__global__ void gather_kernel(GatherParams p, const int32_t* __restrict__ lists) {
+// Rows per lane group and block of gather_kernel (see there).
+constexpr int kRowsPerGroup = 4;
+// Vectors each lane loads before it stores anything: independent loads in flight (k = 512, float4: a whole row).
+constexpr int kBatch = 4;
+
+// Lanes per output row: the row's vector count rounded up to a power of two, at most a warp (small k leaves few
+// lanes idle).
+int lanes_per_row(int64_t vectors) {
+  int group = 1;
+  while (group < 32 && group < vectors) group *= 2;
+  return group;
+}
+
+template <int VEC>
+__device__ inline void load_vec(const float* __restrict__ src, float (&x)[VEC]) {
+  if constexpr (VEC == 4) {
+    const float4 t = __ldg(reinterpret_cast<const float4*>(src));
+    x[0] = t.x, x[1] = t.y, x[2] = t.z, x[3] = t.w;
+  } else if constexpr (VEC == 2) {
+    const float2 t = __ldg(reinterpret_cast<const float2*>(src));
+    x[0] = t.x, x[1] = t.y;
+  } else {
+    x[0] = __ldg(src);
+  }
+}
+
+// Streaming (evict-first) stores: the padded output is written once and is far larger than L2, so it should not
+// push the rows of jv (reused by overlapping regions) out of it.
+template <int VEC>
+__device__ inline void store_vec(float* __restrict__ dst, const float (&x)[VEC]) {
+  if constexpr (VEC == 4) {
+    __stcs(reinterpret_cast<float4*>(dst), make_float4(x[0], x[1], x[2], x[3]));
+  } else if constexpr (VEC == 2) {
+    __stcs(reinterpret_cast<float2*>(dst), make_float2(x[0], x[1]));
+  } else {
+    __stcs(dst, x[0]);
+  }
+}
+
+// out[r, i, :] for the rows i of this block, region r = blockIdx.y. A group of `group` lanes (power of two <= 32)
+// owns one output row and moves VEC floats per access (VEC = 4 / 2 when k and the pointers allow, else 1): the row's
+// source pixel is found once per row (32-bit divisions), never per element, and padding rows are written with the
+// same wide stores. Values are computed exactly as before: (√m · jv) · scale in float32, √m = 1 inside a box.
+template <int VEC>
+__global__ void __launch_bounds__(kThreads) gather_kernel(GatherParams p, const int32_t* __restrict__ lists, int group) {
   const int64_t r = blockIdx.y, HW = p.H * p.W;
-  const int64_t count = p.counts[r], n = p.max_rows * p.k;
-  int64_t r0 = 0, c0 = 0, bw = 1, per_channel = 1;
+  const int64_t count = p.counts[r];
+  int64_t r0 = 0, c0 = 0;
+  uint32_t bw = 1, per_channel = 1;  // counts are int32, so row indices and these fit in 32 bits
   if (p.boxes != nullptr) {
     const BoxBounds b = box_bounds(p.boxes + 4 * r, p.H, p.W);
-    r0 = b.r0, c0 = b.c0, bw = imax(b.c1 - b.c0, 1), per_channel = (b.r1 - b.r0) * (b.c1 - b.c0);
+    r0 = b.r0, c0 = b.c0, bw = uint32_t(imax(b.c1 - b.c0, 1)), per_channel = uint32_t((b.r1 - b.r0) * (b.c1 - b.c0));
   } else {
-    per_channel = count / p.C;
+    per_channel = uint32_t(count / p.C);
   }
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = e / p.k, j = e - i * p.k;
-    float value = 0.f;
+  const int lane = threadIdx.x & (group - 1);
+  const int groups = kThreads / group;
+  const int vectors = int(p.k / VEC);  // VEC divides k (host); k < 2^30 (checked): int column loops
+  const float* scale = p.scale + r * p.k;
+  const int64_t first = blockIdx.x * int64_t(groups) * kRowsPerGroup;
+  for (int it = 0; it < kRowsPerGroup; ++it) {
+    const int64_t i = first + threadIdx.x / group + int64_t(it) * groups;
+    if (i >= p.max_rows) break;  // no shuffles or barriers below: lanes may leave early
+    float* dst = p.out + (r * p.max_rows + i) * p.k;
     if (i < count) {
-      const int64_t c = i / per_channel, q = i - c * per_channel;
+      const uint32_t row = uint32_t(i), c = row / per_channel, q = row - c * per_channel;
       int64_t pixel;
       float root = 1.f;  // √m: 1 inside a box
       if (p.boxes != nullptr) {
-        pixel = (r0 + q / bw) * p.W + c0 + q % bw;
+        const uint32_t y = q / bw;
+        pixel = (r0 + y) * p.W + c0 + (q - y * bw);
       } else {
         pixel = lists[r * HW + q];
         root = sqrtf(p.masks[r * HW + pixel]);
       }
-      value = root * p.jv[(c * HW + pixel) * p.k + j] * p.scale[r * p.k + j];
+      const float* src = p.jv + (int64_t(c) * HW + pixel) * p.k;
+      for (int v0 = lane; v0 < vectors; v0 += kBatch * group) {
+        float x[kBatch][VEC], s[kBatch][VEC];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {  // all loads first: the streaming stores are compiler barriers (asm)
+          if (v0 + u * group < vectors) {
+            load_vec<VEC>(src + (v0 + u * group) * VEC, x[u]);
+            load_vec<VEC>(scale + (v0 + u * group) * VEC, s[u]);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          if (v0 + u * group < vectors) {
+            for (int t = 0; t < VEC; ++t) x[u][t] = root * x[u][t] * s[u][t];
+            store_vec<VEC>(dst + (v0 + u * group) * VEC, x[u]);
+          }
+        }
+      }
+    } else {
+      const float zeros[VEC] = {};
+      for (int v = lane; v < vectors; v += group) store_vec<VEC>(dst + v * VEC, zeros);
     }
-    p.out[(r * p.max_rows) * p.k + e] = value;
   }
 }
+
+bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
 }  // namespace
 
@@ -104,12 +177,22 @@ Status region_counts(const GatherParams& p, int32_t* pixel_lists, cudaStream_t s
 
 Status gather_scaled_rows(const GatherParams& p, const int32_t* pixel_lists, cudaStream_t stream) {
   RESEFA_REQUIRE(p.jv && p.scale && p.out && p.counts, "gather: null pointer");
-  RESEFA_REQUIRE(p.k > 0 && p.R > 0 && p.R <= 65535, "gather: need 0 < R <= 65535 and k > 0; got R=" << p.R);
+  RESEFA_REQUIRE(p.k > 0 && p.k < (int64_t(1) << 30) && p.R > 0 && p.R <= 65535,
+                 "gather: need 0 < R <= 65535 and 0 < k < 2^30; got R=" << p.R << ", k=" << p.k);
   RESEFA_REQUIRE(p.boxes != nullptr || pixel_lists != nullptr, "gather: masks need the pixel lists");
   if (p.max_rows == 0) return Status::Ok();
-  const int64_t n = p.max_rows * p.k;
-  dim3 grid(unsigned(std::min<int64_t>(ceil_div(n, kThreads), 4096)), unsigned(p.R));
-  gather_kernel<<<grid, kThreads, 0, stream>>>(p, pixel_lists);
+  // Widest access every row start allows: k a multiple of the width and the three base pointers aligned to it.
+  auto fits = [&](int vec) {
+    const size_t bytes = sizeof(float) * vec;
+    return p.k % vec == 0 && aligned(p.jv, bytes) && aligned(p.scale, bytes) && aligned(p.out, bytes);
+  };
+  const int vec = fits(4) ? 4 : fits(2) ? 2 : 1;
+  const int group = lanes_per_row(p.k / vec);
+  const int64_t rows_per_block = int64_t(kThreads / group) * kRowsPerGroup;
+  RESEFA_REQUIRE(ceil_div(p.max_rows, rows_per_block) <= (int64_t(1) << 31) - 1, "gather: max_rows too large");
+  dim3 grid(unsigned(ceil_div(p.max_rows, rows_per_block)), unsigned(p.R));
+  auto kernel = vec == 4 ? gather_kernel<4> : vec == 2 ? gather_kernel<2> : gather_kernel<1>;
+  kernel<<<grid, kThreads, 0, stream>>>(p, pixel_lists, group);
   RESEFA_LAUNCHED("gather_kernel");
   return Status::Ok();
 }
