@@ -63,6 +63,9 @@ def main(argv=None):
     parser.add_argument("--chunks", default="", help="chunk sizes timed on the sample at --precision, e.g. 16,32,64")
     parser.add_argument("--channels-last", action="store_true",
                         help="also time the sample with the generator's weights in channels_last (NHWC) format")
+    parser.add_argument("--compare-full-last-stage", action="store_true",
+                        help="also time the sample at --precision with the last block computed in full (the engine's "
+                             "SAMPLE_LAST_STAGE switch off): the gain of sampling it where the readout reads")
     parser.add_argument("--sample-only", action="store_true", help="stop after the sampled timings")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -101,6 +104,21 @@ def main(argv=None):
         print(rows[-1], flush=True)
         if precision == args.precision and seconds < best[0]:
             best = (seconds, chunk)
+    if args.compare_full_last_stage:
+        from resefa_fast.jacobian import engine
+
+        engine.SAMPLE_LAST_STAGE = False
+        try:
+            seconds, (J, info) = timed(device, lambda: rf.jacobian(
+                G, ws[0], readout=readout, precision=args.precision, columns=sample.tolist(), progress=False,
+                return_info=True))
+        finally:
+            engine.SAMPLE_LAST_STAGE = True
+        error = float((J.float() - reference).norm() / reference.norm())
+        rows.append(dict(phase="jacobian (sampled, extrapolated), last block in full, chunk auto",
+                         precision=args.precision, seconds=seconds * d / len(sample), rel_error_vs_first=error,
+                         sampled_stride=getattr(info, "sampled_stride", None)))
+        print(rows[-1], flush=True)
     if args.channels_last:
         G_nhwc = random_stylegan2(G.img_resolution, w_dim=G.w_dim, small=args.small).to(device)
         G_nhwc = G_nhwc.to(memory_format=torch.channels_last)
