@@ -6,12 +6,18 @@ Rows (float32 unless said), each checked against a reference before it is timed:
 - the bulk gather K̃_r for 1,000 boxes on 256² (k columns of JV) vs a torch loop of index_select;
 - top-k eigenpairs (syevdx) and generalised top-k (sygvdx) vs torch.linalg.eigh (and Cholesky + eigh);
 - batched eigh (Xsyev batched) vs torch.linalg.eigh on the same batch;
-- truncated SVD (gesvdr) vs torch.svd_lowrank vs torch.linalg.svd of a bulk-sized K̃.
+- truncated SVD (gesvdr) vs torch.svd_lowrank vs torch.linalg.svd of a bulk-sized K̃;
+- a truncated-SVD sweep ("truncated SVD sweep" rows): block Krylov (resefa_fast.solve.common.block_krylov_svd) at
+  q = 1..8 iterations, gesvdr and torch.svd_lowrank at 2..16 power iterations, eigh(KᵀK), on two 3600 × 512
+  operands (the logspace spectrum above, generated on the CPU, and a generator-like one) in fp32 and fp64, each
+  with its max relative singular-value error vs float64; then an "equal accuracy" table: the fastest configuration
+  of each method that reaches 1e-4 (and 1e-6 in fp64), or "not reached" (JSON key ``equal_accuracy``).
 
 CUDA events after warm-up, median of --repeats. Prints a Markdown table last, writes JSON with --json.
 
     python benchmarks/bench_cuda_ops.py --json $OUT/bench_cuda_ops.json
     python benchmarks/bench_cuda_ops.py --quick        # smaller sizes (seconds)
+    python benchmarks/bench_cuda_ops.py --svd-only     # the truncated-SVD rows only (on CPU without CUDA: no gesvdr)
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -29,6 +36,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from resefa_fast import cuda_ops  # noqa: E402
 from resefa_fast._ext import extension_status  # noqa: E402
+from resefa_fast.solve.common import block_krylov_svd  # noqa: E402
+from resefa_fast.testing import random_jacobian  # noqa: E402
 
 
 def cuda_time(fn, repeats, warmup=2):
@@ -43,6 +52,18 @@ def cuda_time(fn, repeats, warmup=2):
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
+    return statistics.median(times), result
+
+
+def cpu_time(fn, repeats, warmup=1):
+    """Median milliseconds of ``fn()`` by wall clock (CPU runs of the SVD sweep); returns ``(ms, last result)``."""
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times), result
 
 
@@ -182,6 +203,109 @@ def bench_svd(rows, m, n, k, repeats):
                          rel_err=((s.double() - ref).abs() / ref).max().item()))
 
 
+#: Iteration counts of the sweep: block Krylov's q (basis of (q + 1) b columns), the power iterations of gesvdr and
+#: torch.svd_lowrank (each 2 products with K, on l = k + 16 columns).
+KRYLOV_ITERATIONS = (1, 2, 3, 4, 6, 8)
+POWER_ITERATIONS = (2, 4, 8, 16)
+#: Equal-accuracy targets (max relative singular-value error of the top k vs float64) by precision.
+SVD_TARGETS = {"fp32": (1e-4,), "fp64": (1e-4, 1e-6)}
+SVD_METHODS = ("block Krylov", "gesvdr", "torch.svd_lowrank", "eigh(KᵀK)")
+
+
+def svd_operands(m, n, seed=2):
+    """The sweep's operands ``{name: float64 [m, n] on the CPU}``: the logspace spectrum of :func:`bench_svd`
+    (10² to 10⁻², slowly decaying: 2 % steps) and a generator-like one (rank 40, (1 + i)^-0.7, 1e-3 noise)."""
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(m, n, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    side = int(round(m ** 0.5))
+    grid = (side, m // side) if side * (m // side) == m else (1, m)
+    return {"logspace": (U * torch.logspace(2, -2, n, dtype=torch.float64)) @ V.T,
+            "generator-like": random_jacobian(grid, n, rank=40, decay=0.7, seed=seed, dtype=torch.float64)}
+
+
+def svd_configs(k, n, gesvdr=True, krylov_iterations=KRYLOV_ITERATIONS, power_iterations=POWER_ITERATIONS):
+    """``(method, impl label, iterations, products with K, columns, fn(a) -> top-k singular values)`` per config."""
+    b, width = k + 8, k + 16
+    configs = [("block Krylov", f"block Krylov (b={b}, q={q})", q, 2 * q + 2, b,
+                lambda a, q=q: block_krylov_svd(a, k, q, block=b)[1]) for q in krylov_iterations]
+    if gesvdr:
+        configs += [("gesvdr", f"ours gesvdr (p=16, it={it})", it, 2 * it + 2, width,
+                     lambda a, it=it: cuda_ops.truncated_svd(a, k, 16, it)[0])
+                    for it in power_iterations if width <= n]
+    configs += [("torch.svd_lowrank", f"torch.svd_lowrank (q=k+16, it={it})", it, 2 * it + 2, width,
+                 lambda a, it=it: torch.svd_lowrank(a, q=width, niter=it)[1][:k]) for it in power_iterations]
+    configs.append(("eigh(KᵀK)", "eigh(KᵀK) with vectors", 0, 2, n,
+                    lambda a: torch.linalg.eigh(a.mT @ a)[0].flip(-1)[:k].clamp_min(0).sqrt()))
+    return configs
+
+
+def bench_svd_sweep(rows, summary, m, n, k, repeats, device="cuda", timer=cuda_time, gesvdr=True,
+                    dtypes=(torch.float32, torch.float64), **config_kwargs):
+    """Time every :func:`svd_configs` entry on each operand and dtype (rows with op "truncated SVD sweep"), then
+    append the equal-accuracy summary of those rows to ``summary``."""
+    first = len(rows)
+    for name, operand in svd_operands(m, n).items():
+        for dtype in dtypes:
+            a = operand.to(device=device, dtype=dtype)
+            ref = torch.linalg.svdvals(a.double().cpu())[:k]
+            precision = "fp32" if dtype == torch.float32 else "fp64"
+            for method, impl, iterations, products, columns, fn in svd_configs(k, n, gesvdr, **config_kwargs):
+                try:
+                    ms, s = timer(lambda: fn(a), repeats, warmup=1)
+                    err = ((s.double().cpu() - ref).abs() / ref).max().item()
+                except Exception as error:  # e.g. a solver that fails to converge: record it, keep the sweep
+                    rows.append(dict(op="ERROR", impl=f"{impl}: {type(error).__name__}", precision=precision,
+                                     size=str(error)[:200], ms=0.0))
+                    continue
+                rows.append(dict(op="truncated SVD sweep", impl=impl, precision=precision,
+                                 size=f"{name} {m}x{n} k={k}", ms=ms, rel_err=err, method=method,
+                                 operand=name, iterations=iterations, k_products=products, columns=columns,
+                                 k_gflop=2.0 * m * n * columns * products / 1e9))
+    summary.extend(equal_accuracy(rows[first:]))
+
+
+def equal_accuracy(rows, targets=SVD_TARGETS, methods=SVD_METHODS):
+    """Per (operand, precision, target): the fastest sweep row of each method whose error is <= target, as
+    ``{"operand", "precision", "target", method: {"impl", "ms", "rel_err"} or None (not reached)}``."""
+    out = []
+    sweep = [r for r in rows if r.get("op") == "truncated SVD sweep"]
+    for operand in dict.fromkeys(r["operand"] for r in sweep):
+        for precision, precision_targets in targets.items():
+            group = [r for r in sweep if r["operand"] == operand and r["precision"] == precision]
+            if not group:
+                continue
+            for target in precision_targets:
+                entry = {"operand": operand, "precision": precision, "target": target}
+                for method in methods:
+                    reached = [r for r in group if r["method"] == method and r["rel_err"] <= target]
+                    if any(r["method"] == method for r in group):
+                        best = min(reached, key=lambda r: r["ms"]) if reached else None
+                        entry[method] = (None if best is None else
+                                         {"impl": best["impl"], "ms": best["ms"], "rel_err": best["rel_err"]})
+                out.append(entry)
+    return out
+
+
+def equal_accuracy_markdown(summary, methods=SVD_METHODS):
+    lines = ["Equal accuracy (fastest configuration reaching the target; ms, its error):", "",
+             "| operand | prec | target | " + " | ".join(methods) + " |",
+             "|---|---|---|" + "---|" * len(methods)]
+    for entry in summary:
+        cells = []
+        for method in methods:
+            if method not in entry:
+                cells.append("(not run)")
+            elif entry[method] is None:
+                cells.append("not reached")
+            else:
+                best = entry[method]
+                cells.append(f"{best['impl']}: {best['ms']:.3f} ms ({best['rel_err']:.0e})")
+        lines.append(f"| {entry['operand']} | {entry['precision']} | {entry['target']:.0e} | " + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines)
+
+
 def markdown(rows, meta):
     lines = [f"device {meta['device']}, torch {meta['torch']} (CUDA {meta['cuda']}), commit {meta['commit']}, "
              f"{meta['date']}", "",
@@ -201,26 +325,38 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--svd-only", action="store_true",
+                        help="only the truncated-SVD rows and sweep; without CUDA (or the extension) the sweep runs "
+                        "on the CPU by wall clock, without gesvdr")
     args = parser.parse_args()
     status = extension_status()
-    if not status["available"]:
+    cuda = torch.cuda.is_available()
+    if not status["available"] and not args.svd_only:
         print(f"CUDA extension unavailable: {status['reason']}; nothing to time")
-        sys.exit(0 if not torch.cuda.is_available() else 1)
+        sys.exit(0 if not cuda else 1)
     commit = os.environ.get("GIT_COMMIT") or subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
         cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "extension": status, "commit": commit,
+    meta = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+            "cuda": torch.version.cuda, "extension": status, "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    rows = []
-    sections = [lambda: bench_grams(rows, 65536, 512, 8, args.repeats),
-                lambda: bench_grams(rows, 65536, 512, 1, args.repeats),
-                lambda: bench_gather(rows, 1000, 512 if not args.quick else 64, args.repeats),
-                lambda: bench_eigen(rows, 512, 16, args.repeats),
-                lambda: bench_batched(rows, 1000, 32, args.repeats),
-                lambda: bench_batched(rows, 100, 512, max(1, args.repeats // 2)),
-                lambda: bench_svd(rows, 3600, 512, 16, args.repeats)]
-    if not args.quick:
+    rows, summary = [], []
+
+    def sweep():
+        bench_svd_sweep(rows, summary, 3600, 512, 16, args.repeats, device="cuda" if cuda else "cpu",
+                        timer=cuda_time if cuda else cpu_time, gesvdr=status["available"] and cuda)
+
+    if args.svd_only:
+        sections = ([lambda: bench_svd(rows, 3600, 512, 16, args.repeats)] if status["available"] else []) + [sweep]
+    else:
+        sections = [lambda: bench_grams(rows, 65536, 512, 8, args.repeats),
+                    lambda: bench_grams(rows, 65536, 512, 1, args.repeats),
+                    lambda: bench_gather(rows, 1000, 512 if not args.quick else 64, args.repeats),
+                    lambda: bench_eigen(rows, 512, 16, args.repeats),
+                    lambda: bench_batched(rows, 1000, 32, args.repeats),
+                    lambda: bench_batched(rows, 100, 512, max(1, args.repeats // 2)),
+                    lambda: bench_svd(rows, 3600, 512, 16, args.repeats), sweep]
+    if not args.quick and not args.svd_only:
         sections += [lambda: bench_grams(rows, 65536, 9216, 1, 3),
                      lambda: bench_eigen(rows, 9216, 16, 2)]
     for section in sections:
@@ -232,8 +368,11 @@ def main():
     table = markdown(rows, meta)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
+            json.dump({"meta": meta, "rows": rows, "equal_accuracy": summary}, f, indent=1, default=str)
     print(table)
+    if summary:
+        print()
+        print(equal_accuracy_markdown(summary))
 
 
 if __name__ == "__main__":

@@ -305,3 +305,93 @@ def test_blocked_cholesky_solves_equal_triangular_solves(device, block):
     torch.testing.assert_close(factor.solve_lower(R), torch.linalg.solve_triangular(L, R, upper=False))
     torch.testing.assert_close(factor.solve_upper(R), torch.linalg.solve_triangular(L.T, R, upper=True))
     torch.testing.assert_close(factor.solve(R), torch.cholesky_solve(R, L))
+
+
+# --- block_krylov_svd: randomized block Krylov truncated SVD (issue 4) ---
+
+def _krylov_operand(dtype, device="cpu", seed=0):
+    """A bulk-sized generator-like operand ``[3600, 512]``: rank 40, singular values (1 + i)^-0.7, 1e-3 noise."""
+    return random_jacobian((60, 60), 512, rank=40, decay=0.7, seed=seed, dtype=dtype, device=device)
+
+
+_KRYLOV_REFERENCES = {}
+
+
+def _krylov_errors(K, k, iterations, **kwargs):
+    """(max relative singular-value error, min |cos| of the right vectors with relative gap >= 1e-2) vs float64."""
+    from resefa_fast.solve.common import block_krylov_svd
+    from conftest import relative_gaps
+
+    U, s, V = block_krylov_svd(K, k, iterations, **kwargs)
+    key = (K.dtype, K.shape, float(K.double().sum()))  # the float64 SVD once per operand (seconds on 2 cores)
+    if key not in _KRYLOV_REFERENCES:
+        _KRYLOV_REFERENCES[key] = torch.linalg.svd(K.double().cpu(), full_matrices=False)[1:]
+    ref_s, ref_vh = _KRYLOV_REFERENCES[key]
+    gaps = relative_gaps(ref_s[: k + 1])[:k]
+    err = float(((s.double().cpu() - ref_s[:k]).abs() / ref_s[:k]).max())
+    cos = (V.double().cpu() * ref_vh[:k].T).sum(0).abs()
+    checked = gaps >= 1e-2
+    assert bool(checked.any()), "the test operand must have gapped singular values"
+    return err, float(cos[checked].min()), (U, s, V)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-6), (torch.float32, 1e-4)])
+def test_block_krylov_svd_matches_svdvals(device, dtype, rtol):
+    K = _krylov_operand(dtype, device)
+    k = 16
+    err, worst_cos, (U, s, V) = _krylov_errors(K, k, 4)
+    assert U.shape == (3600, k) and s.shape == (k,) and V.shape == (512, k)
+    assert U.dtype == s.dtype == V.dtype == dtype and U.device == K.device
+    assert err <= rtol, err
+    assert worst_cos >= 0.9999, worst_cos
+    assert bool((s[:-1] >= s[1:]).all())
+    # the triplets are consistent: K V = U diag(s), orthonormal columns
+    eps = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(K @ V, U * s, rtol=0, atol=eps * float(s[0]))
+    torch.testing.assert_close(U.mT @ U, torch.eye(k, dtype=dtype, device=device), rtol=0, atol=eps)
+    torch.testing.assert_close(V.mT @ V, torch.eye(k, dtype=dtype, device=device), rtol=0, atol=eps)
+
+
+def test_block_krylov_svd_improves_with_iterations():
+    K = _krylov_operand(torch.float64)
+    errors = [_krylov_errors(K, 16, q)[0] for q in (0, 1, 2, 4)]
+    assert errors[1] > errors[3] and errors[0] > errors[3], errors
+    assert errors[0] >= errors[1] >= errors[2] >= errors[3] * 0.1, errors  # monotonic up to rounding at the floor
+    assert errors[1] > 1e-3  # q = 1 is far from converged here, so the comparison means something
+
+
+def test_block_krylov_svd_batched_equals_per_matrix(device):
+    from resefa_fast.solve.common import block_krylov_svd
+
+    K = torch.stack([random_jacobian((12, 15), 64, rank=20, decay=0.7, seed=seed, dtype=torch.float64,
+                                     device=device) for seed in range(3)]).reshape(3, 1, 180, 64)
+    U, s, V = block_krylov_svd(K, 5, 3, block=9, seed=7)
+    assert U.shape == (3, 1, 180, 5) and s.shape == (3, 1, 5) and V.shape == (3, 1, 64, 5)
+    for i in range(3):
+        Ui, si, Vi = block_krylov_svd(K[i, 0], 5, 3, block=9, seed=7)
+        torch.testing.assert_close(s[i, 0], si, rtol=1e-12, atol=0)
+        sign = torch.sign((V[i, 0] * Vi).sum(0))  # singular vectors are defined up to sign
+        torch.testing.assert_close(V[i, 0] * sign, Vi, rtol=0, atol=1e-10)
+        torch.testing.assert_close(U[i, 0] * sign, Ui, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (30, 40)])
+def test_block_krylov_svd_whole_space_is_exact(shape):
+    """When (q + 1) b reaches min(m, n) the basis spans everything (the last block is cut): the exact SVD."""
+    from resefa_fast.solve.common import block_krylov_svd
+
+    K = torch.randn(*shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    U, s, V = block_krylov_svd(K, 6, 3, block=8)  # 4 blocks of 8 > 30
+    torch.testing.assert_close(s, torch.linalg.svdvals(K)[:6], rtol=1e-12, atol=0)
+    torch.testing.assert_close(K @ V, U * s, rtol=0, atol=1e-12)
+
+
+def test_block_krylov_svd_checks_arguments():
+    from resefa_fast.errors import ResefaError
+    from resefa_fast.solve.common import block_krylov_svd
+
+    K = torch.randn(20, 10, dtype=torch.float64)
+    for kwargs in ({"k": 0, "iterations": 1}, {"k": 11, "iterations": 1}, {"k": 3, "iterations": -1},
+                   {"k": 3, "iterations": 1, "block": 2}):
+        with pytest.raises(ResefaError):
+            block_krylov_svd(K, **kwargs)
