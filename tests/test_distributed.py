@@ -84,6 +84,11 @@ def _pixel_worker(rank, world, init_file, out_dir):
     run["float32"] = distributed.factorize_pixel_sharded(J, rows, BOXES[3], k=PIXEL_K, grid=GRID, dtype=torch.float32)
     run["background"] = distributed.factorize_pixel_sharded(J, rows, BOXES[1], k=PIXEL_K, grid=GRID,
                                                             background=BOXES[3])
+    try:  # the refined route needs every row of J in one process: a clear error, not a partial answer
+        distributed.factorize_pixel_sharded(J, rows, BOXES[3], k=PIXEL_K, grid=GRID, method="refined")
+        run["refined_error"] = None
+    except rf.ResefaError as error:
+        run["refined_error"] = str(error)
     torch.save(run, os.path.join(out_dir, f"pixel{rank}.pt"))
     dist.destroy_process_group()
 
@@ -105,6 +110,9 @@ def test_pixel_sharded_equals_one_process(tmp_path):
     across all three; an explicit background; each equals one process (and the oracle) to DESIGN.md §6."""
     mp.spawn(_pixel_worker, args=(3, str(tmp_path / "init"), str(tmp_path)), nprocs=3, join=True)
     outputs = [torch.load(tmp_path / f"pixel{r}.pt", weights_only=False) for r in range(3)]
+    for output in outputs:
+        message = output.pop("refined_error")
+        assert message is not None and "'refined'" in message and "'cholesky'" in message, message
     for name, out in outputs[0].items():  # every rank returns the same result, to the bit
         for other in outputs[1:]:
             assert torch.equal(other[name].directions, out.directions), name
