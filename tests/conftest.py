@@ -76,6 +76,16 @@ def assert_matches_reference(result_values, result_directions, ref_values, ref_d
     assert worst >= tol["min_abs_cos"], f"|cos| with the reference {1 - worst:.3g} from 1 > {tol}"
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test single-threaded and restore the setting: the test problems are tiny, and intra-op threads only add
+    contention on a shared CI machine (40 ms vs 1 ms per conv measured with 2 threads under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param

@@ -14,14 +14,7 @@ from resefa_fast.jacobian import Grams, Memmap, StagedGenerator, jacobian, reado
 from resefa_fast.jacobian import engine
 from resefa_fast.jacobian.toy import ToyGenerator
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test problems are tiny: intra-op threads only add contention on a shared CI machine (40 ms vs 1 ms per
-    conv measured with 2 threads under load), so these tests run single-threaded and restore the setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: see conftest.one_thread
 
 
 #: Forward vs reverse mode in float32 (DESIGN.md §6): relative Frobenius error.

@@ -9,15 +9,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import bench_jacobian  # noqa: E402
 
 
-def test_bench_jacobian_small_runs(tmp_path, capsys):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        path = str(tmp_path / "bench.json")
-        bench_jacobian.main(["--small", "--device", "cpu", "--repeats", "1", "--columns", "64", "--rows", "32",
-                             "--precision-study", "--json", path])
-    finally:
-        torch.set_num_threads(threads)
+def test_bench_jacobian_small_runs(tmp_path, capsys, one_thread):
+    path = str(tmp_path / "bench.json")
+    bench_jacobian.main(["--small", "--device", "cpu", "--repeats", "1", "--columns", "64", "--rows", "32",
+                         "--precision-study", "--json", path])
     report = json.load(open(path))
     methods = {(r["space"], r["method"]) for r in report["rows"]}
     assert ("wplus", "ours + layer skip") in methods and ("w", "ours") in methods

@@ -17,12 +17,7 @@ JACOBIAN_RTOL = 1e-4
 SAME_RTOL = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: see conftest.one_thread
 
 
 def relative_error(a, b):

@@ -35,13 +35,7 @@ R = dict(models.stylegan3_config("stylegan3-r-tiny").kwargs)
 CFGS = {"T": T, "R": R}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run fastest on one thread (and the machine is shared)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: see conftest.one_thread
 
 
 def rel(a, b):
