@@ -11,9 +11,8 @@ A :class:`Readout` may also declare that it reads the image only at a regular st
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
-
 import functools
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
