@@ -292,6 +292,29 @@ def test_exact_products_are_float64_whatever_the_chunking(make_jacobian):
         torch.testing.assert_close(Y, Jd @ Z, rtol=1e-13, atol=0)
         torch.testing.assert_close(F, Jd.T @ (m[:, None] * (Jd @ Z)), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(B, Jd.T @ (b[:, None] * (Jd @ Z)), rtol=1e-12, atol=1e-12)
+        Y_alone, F_alone, B_alone = exact_products(J, Z, None, b, chunk_bytes=chunk_bytes)  # background only
+        assert F_alone is None and torch.equal(Y_alone, Y)
+        torch.testing.assert_close(B_alone, B, rtol=1e-12, atol=1e-12)  # a narrower GEMM: rounding only
+
+
+@pytest.mark.parametrize("small_chunks", [False, True])
+def test_pencil_products_from_foreground_rows_equal_all_rows(make_jacobian, monkeypatch, small_chunks):
+    """M_f Z from the cached foreground rows (a box) equals the all-rows product; when the foreground rows do not
+    fit a chunk, all rows are used (the same numbers)."""
+    from resefa_fast.solve import refined
+
+    if small_chunks:
+        monkeypatch.setattr(refined, "CHUNK_BYTES", 8 * 50 * 7)
+    J = make_jacobian((20, 30), 50, seed=9).reshape(-1, 50)
+    m = rf.box_mask((8, 12, 6, 9), (20, 30)).reshape(-1).double()
+    b = 1 - m
+    Z = torch.randn(50, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    pencil = refined._Pencil(J, m, b, 1 / m.sum(), 1 / b.sum(), torch.tensor(0.25, dtype=torch.float64))
+    assert (pencil.J_f is None) == small_chunks
+    Y, F, B = pencil.images(Z)
+    Jd = J.double()
+    torch.testing.assert_close(F, Jd.T @ (m[:, None] * (Jd @ Z)) / m.sum(), rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(B, Jd.T @ (b[:, None] * (Jd @ Z)) / b.sum() + 0.25 * Z, rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("block", [7, 16, 64])
