@@ -26,13 +26,14 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_jacobian import git_commit  # noqa: E402  (one commit stamp for all benchmarks)
 
 from resefa_fast import cuda_ops  # noqa: E402
 from resefa_fast._ext import extension_status  # noqa: E402
@@ -334,9 +335,7 @@ def main():
     if not status["available"] and not args.svd_only:
         print(f"CUDA extension unavailable: {status['reason']}; nothing to time")
         sys.exit(0 if not cuda else 1)
-    commit = os.environ.get("GIT_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-        cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    commit = git_commit()
     meta = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
             "cuda": torch.version.cuda, "extension": status, "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

@@ -34,7 +34,6 @@ import os
 import platform
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_jacobian import git_commit  # noqa: E402  (one commit stamp for all benchmarks)
 
 import resefa_fast as rf  # noqa: E402
 from bench_solvers import accuracy, random_boxes  # noqa: E402
@@ -288,12 +288,7 @@ def main(argv=None):
         args.worlds = [w for w in (args.worlds or [1, 2, 4, 8]) if w <= gpus] or [1]
     else:
         args.worlds = args.worlds or [1, 2]
-    try:  # the device machine gets a copy of the tree without .git: GIT_COMMIT carries it there
-        commit = os.environ.get("GIT_COMMIT") or subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
+    commit = git_commit()
     meta = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu",
             "backend": "nccl" if args.device == "cuda" else "gloo", "torch": torch.__version__,
             "cuda": torch.version.cuda, "nccl_nvls_enable": os.environ.get("NCCL_NVLS_ENABLE"), "commit": commit,

@@ -106,12 +106,16 @@ def spread(total, count):
     return torch.linspace(0, total - 1, count).round().long().unique()
 
 
-def git_commit():
+def git_commit() -> str:
+    """The commit a benchmark ran on: ``GIT_COMMIT`` (the device machine gets a copy of the tree without .git, so
+    the caller passes it), else ``git rev-parse --short HEAD``, else "unknown". Every benchmark records this."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
     except OSError:
-        return None
+        return "unknown"
 
 
 def main(argv=None):

@@ -160,7 +160,7 @@ def main(argv=None):
 
 
 def _report(args, device, G, boxes, d, rows):
-    report = dict(device=describe(device), torch=torch.__version__, commit=os.environ.get("GIT_COMMIT") or git_commit(),
+    report = dict(device=describe(device), torch=torch.__version__, commit=git_commit(),
                   date=datetime.date.today().isoformat(), generator=G.init_kwargs, regions=len(boxes), d=d, rows=rows)
     if args.json:
         with open(args.json, "w") as f:

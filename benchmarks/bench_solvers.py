@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -31,6 +30,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_jacobian import git_commit  # noqa: E402  (one commit stamp for all benchmarks)
 
 import resefa_fast as rf  # noqa: E402
 from resefa_fast import reference  # noqa: E402
@@ -201,12 +202,7 @@ def main():
     if args.small:
         args.grid, args.dims, args.regions, args.repeats = 64, [64, 256], 100, 1
     device = torch.device(args.device)
-    try:  # the device machine gets a copy of the tree without .git: GIT_COMMIT carries it there
-        commit = os.environ.get("GIT_COMMIT") or subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
+    commit = git_commit()
     meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "cuda": torch.version.cuda, "commit": commit, "k": args.k,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
