@@ -1,8 +1,34 @@
 """Shared test matrix, tolerances and helpers (pytorch_scatter's testing.py pattern)."""
+import numpy as np
 import pytest
 import torch
 
 from resefa_fast.testing import random_jacobian
+
+def relative_error(a, b) -> float:
+    """``‖a − b‖_F / ‖b‖_F`` in float64, for tensors (any device, detached) or arrays."""
+    a, b = (x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x)) for x in (a, b))
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+def model_inputs(kw, batch=3, seed=5):
+    """``(z, c)`` float64 inputs for a generator built with constructor kwargs ``kw`` (``c`` None without classes)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, kw["z_dim"], generator=g, dtype=torch.float64)
+    c = torch.randn(batch, kw["c_dim"], generator=g, dtype=torch.float64) if kw["c_dim"] else None
+    return z, c
+
+
+def write_file(tmp_path, name, data):
+    """``data`` (bytes as they are, anything else through ``torch.save``) at ``tmp_path / name``; returns the path."""
+    path = tmp_path / name
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        torch.save(data, path)
+    return path
+
 
 #: Devices every solver test runs on.
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

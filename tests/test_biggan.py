@@ -18,6 +18,8 @@ from resefa_fast.models import BigGANDeepGenerator, BigGANGenerator
 from resefa_fast.models import biggan as bg
 from resefa_fast.models import biggan_loaders as bl
 
+from conftest import relative_error
+
 #: Relative (Frobenius) error bounds, each with its reason.
 TOL = {
     # float64 weights and compute, spectral norm folded once (ours) vs applied every call (reference): only the
@@ -43,11 +45,6 @@ def one_thread():
 
 
 BP_TINY = dict(resolution=32, ch=4, z_dim=8, shared_dim=6, n_classes=5, hier=True, attention={16})
-
-
-def rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm())
 
 
 def f32(sd):
@@ -114,18 +111,18 @@ def test_biggan_matches_reference(hier, with_sv0):
     img_ref = ref.ref_biggan_pytorch(sd, kw, z, classes, bn_eps=1e-4)
     img = G.synthesize(z, classes)
     assert img.shape == (3, 3, 32, 32)
-    assert rel(img, img_ref) <= TOL["exact"]
+    assert relative_error(img, img_ref) <= TOL["exact"]
     # the same image from a list of ints, from one-hot class vectors and from the embedding itself
-    assert rel(G(z, [0, 4, 2]), img_ref) <= TOL["exact"]
-    assert rel(G(z, one_hot([0, 4, 2], 5)), img_ref) <= TOL["exact"]
+    assert relative_error(G(z, [0, 4, 2]), img_ref) <= TOL["exact"]
+    assert relative_error(G(z, one_hot([0, 4, 2], 5)), img_ref) <= TOL["exact"]
     e = sd["shared.weight"][classes]
-    assert rel(G(z, embedding=e), ref.ref_biggan_pytorch(sd, kw, z, e, bn_eps=1e-4)) <= TOL["exact"]
+    assert relative_error(G(z, embedding=e), ref.ref_biggan_pytorch(sd, kw, z, e, bn_eps=1e-4)) <= TOL["exact"]
     # extra singular vectors (num_G_SVs = 2: u1, sv1) do not enter σ
     extra = dict(sd, **{k[:-2] + "u1": torch.randn_like(v) for k, v in sd.items() if k.endswith(".u0")},
                  **{k[:-3] + "sv1": v for k, v in sd.items() if k.endswith(".sv0")})
     assert torch.equal(ours_biggan(extra, bn_eps=1e-4)(z, classes), img)
     # a wrong bn eps is visible (the eps is a real part of the function)
-    assert rel(G(z, classes), ref.ref_biggan_pytorch(sd, kw, z, classes, bn_eps=1e-5)) > 1e-6
+    assert relative_error(G(z, classes), ref.ref_biggan_pytorch(sd, kw, z, classes, bn_eps=1e-5)) > 1e-6
 
 
 @pytest.mark.parametrize("truncation", [1.0, 0.4, 0.5, 0.75, 0.1])
@@ -138,7 +135,7 @@ def test_deep_matches_reference(truncation):
     for classes, vectors in [([1, 3], one_hot([1, 3], 5)),
                              (torch.softmax(zs(2, 5, seed=9), 1), torch.softmax(zs(2, 5, seed=9), 1))]:
         img_ref = ref.ref_pretrained_biggan(sd, cfg, z, vectors, truncation)
-        assert rel(G(z, classes, truncation), img_ref) <= TOL["exact"], truncation
+        assert relative_error(G(z, classes, truncation), img_ref) <= TOL["exact"], truncation
 
 
 def test_deep_spectral_norm_uses_the_stored_vectors():
@@ -148,7 +145,8 @@ def test_deep_spectral_norm_uses_the_stored_vectors():
     sd = ref.random_pretrained_biggan(cfg, seed=8, consistent=False)
     G = ours_deep(sd, cfg)
     z = zs(2, 6)
-    assert rel(G(z, [0, 1], 0.5), ref.ref_pretrained_biggan(sd, cfg, z, one_hot([0, 1], 5), 0.5)) <= TOL["exact"]
+    expected = ref.ref_pretrained_biggan(sd, cfg, z, one_hot([0, 1], 5), 0.5)
+    assert relative_error(G(z, [0, 1], 0.5), expected) <= TOL["exact"]
 
 
 def test_deep_statistics_selection_is_the_packages():
@@ -170,12 +168,12 @@ def test_float32_within_target():
     z = zs(2, 8)
     img = G(z.float(), [1, 2])
     assert img.dtype == torch.float32
-    assert rel(img, ref.ref_biggan_pytorch(sd, BP_TINY, z, torch.tensor([1, 2]), 1e-4)) <= TOL["float32"]
+    assert relative_error(img, ref.ref_biggan_pytorch(sd, BP_TINY, z, torch.tensor([1, 2]), 1e-4)) <= TOL["float32"]
     cfg = ref.hf_config()
     sd = rounded(ref.random_pretrained_biggan(cfg))
     G = ours_deep(f32(sd), cfg, dtype=torch.float32)
     z = zs(2, 6)
-    assert rel(G(z.float(), [0, 4], 0.6), ref.ref_pretrained_biggan(sd, cfg, z, one_hot([0, 4], 5), 0.6)) \
+    assert relative_error(G(z.float(), [0, 4], 0.6), ref.ref_pretrained_biggan(sd, cfg, z, one_hot([0, 4], 5), 0.6)) \
         <= TOL["float32"]
 
 
@@ -202,7 +200,8 @@ def test_public_shapes_convert_to_the_registered_configs(resolution):
     if resolution == 128:
         G = ours_deep(sd, cfg)
         z = zs(1, 128)
-        assert rel(G(z, 207, 0.5), ref.ref_pretrained_biggan(sd, cfg, z, one_hot([207], 1000), 0.5)) <= TOL["exact"]
+        expected = ref.ref_pretrained_biggan(sd, cfg, z, one_hot([207], 1000), 0.5)
+        assert relative_error(G(z, 207, 0.5), expected) <= TOL["exact"]
 
 
 def test_registry():
@@ -267,7 +266,8 @@ def test_truncation():
     assert torch.equal(G(z[:2], 0, truncation=0.5), G(z[:2], 0, truncation=1.0))
     D = bg.build_biggan("biggan-deep-tiny")
     z = D.sample_z(2, truncation=0.4)
-    assert rel(D(z, 1, truncation=0.4), D(z, 1, truncation=1.0)) > 1e-3  # BN statistics follow the truncation
+    # BN statistics follow the truncation
+    assert relative_error(D(z, 1, truncation=0.4), D(z, 1, truncation=1.0)) > 1e-3
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -317,12 +317,12 @@ def test_jacobian_forward_equals_reverse(name, space):
     J_rev = torch.func.jacrev(image)(flat)  # [P, d]
     J, info = rf.jacobian(fn, latent, readout=readout, chunk_size=5, progress=False, return_info=True)
     assert J.shape == J_rev.shape
-    assert rel(J, J_rev) <= TOL["exact"]
+    assert relative_error(J, J_rev) <= TOL["exact"]
     if isinstance(fn, bg.BigGANStaged):
         assert info.layer_skip and info.stage_runs < info.stage_runs_without_skip
     G32 = bg.build_biggan(name, seed=4)
     fn32, latent32 = G32.jacobian_inputs(z.float(), classes=3, truncation=0.7, space=space)
-    assert rel(rf.jacobian(fn32, latent32, readout=readout, chunk_size=8, progress=False), J_rev) \
+    assert relative_error(rf.jacobian(fn32, latent32, readout=readout, chunk_size=8, progress=False), J_rev) \
         <= TOL["jacobian32"]
 
 
@@ -367,8 +367,8 @@ def test_load_biggan_pytorch(tmp_path, tfhub):
     assert G.init_kwargs["bn_eps"] == eps and "bn_eps" in loaded.metadata["assumptions"]
     z, classes = zs(2, 8), torch.tensor([3, 1])
     img_ref = ref.ref_biggan_pytorch(sd, BP_TINY, z, classes, bn_eps=eps)
-    assert rel(G(z.float(), classes), img_ref) <= TOL["float32"]
-    assert rel(G.double()(z, classes), img_ref) <= TOL["converted"]
+    assert relative_error(G(z.float(), classes), img_ref) <= TOL["float32"]
+    assert relative_error(G.double()(z, classes), img_ref) <= TOL["converted"]
     assert loaded.metadata["config"] == ("biggan-tiny" if tfhub else None)
 
 
@@ -391,8 +391,8 @@ def test_load_pretrained_biggan(tmp_path, layout):
     z = zs(2, 6)
     for truncation in (0.4, 1.0):
         img_ref = ref.ref_pretrained_biggan(sd, cfg, z, one_hot([2, 0], 5), truncation)
-        assert rel(G(z.float(), [2, 0], truncation), img_ref) <= TOL["float32"]
-    assert rel(G.double()(z, [2, 0], 0.4), ref.ref_pretrained_biggan(sd, cfg, z, one_hot([2, 0], 5), 0.4)) \
+        assert relative_error(G(z.float(), [2, 0], truncation), img_ref) <= TOL["float32"]
+    assert relative_error(G.double()(z, [2, 0], 0.4), ref.ref_pretrained_biggan(sd, cfg, z, one_hot([2, 0], 5), 0.4)) \
         <= TOL["converted"]
 
 
@@ -412,7 +412,7 @@ def test_load_hammer_wrapper(tmp_path, inner, wrapped):
         {"generator": f32(sd)}
     loaded = models.load(write(tmp_path, "biggan.pth", obj))
     assert loaded.metadata["format"] == "hammer" and inner in loaded.metadata["wrapped"]
-    assert rel(loaded.generator(z.float(), 4), img_ref) <= TOL["float32"]
+    assert relative_error(loaded.generator(z.float(), 4), img_ref) <= TOL["float32"]
 
 
 @pytest.mark.parametrize("name", ["biggan-tiny", "biggan-deep-tiny"])
@@ -476,7 +476,7 @@ def test_against_the_pytorch_pretrained_biggan_package(tmp_path):
     for truncation in (1.0, 0.4, 0.5):
         with torch.no_grad():
             expected = model(z, vectors, truncation)
-        assert rel(G(z, [1, 4], truncation), expected) <= TOL["float32"], truncation
+        assert relative_error(G(z, [1, 4], truncation), expected) <= TOL["float32"], truncation
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,16 +14,13 @@ from resefa_fast.jacobian import Grams, Memmap, StagedGenerator, jacobian, reado
 from resefa_fast.jacobian import engine
 from resefa_fast.jacobian.toy import ToyGenerator
 
+from conftest import relative_error
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: see conftest.one_thread
 
 
 #: Forward vs reverse mode in float32 (DESIGN.md §6): relative Frobenius error.
 JACOBIAN_RTOL = 1e-4
-
-
-def relative_error(a, b):
-    a, b = torch.as_tensor(np.asarray(a)).double(), torch.as_tensor(np.asarray(b)).double()
-    return float((a - b).norm() / b.norm())
 
 
 def toy(resolution=16, w_dim=8, channels=6, seed=0, accepts_ws_rows=False):

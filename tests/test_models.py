@@ -18,6 +18,8 @@ from resefa_fast import models
 from resefa_fast.errors import ResefaError
 from resefa_fast.models import StyleGAN2Generator
 
+from conftest import model_inputs, relative_error, write_file
+
 #: Relative (Frobenius) error bounds, each with its reason.
 TOL = {
     # same float64 weights, float64 compute: only the rounding of a different operation order (fused vs non-fused,
@@ -36,11 +38,6 @@ TOL = {
 TINY = dict(models.TINY.kwargs)
 
 
-def rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm())
-
-
 def rounded(sd):
     """Real checkpoints are float32: round once so that the reference and the loaded model hold the same values."""
     return {k: v.float().double() for k, v in sd.items()}
@@ -50,22 +47,6 @@ def ours_from_official(sd, kw, dtype=torch.float64):
     G = StyleGAN2Generator(**kw).to(dtype).eval()
     G.load_state_dict({k: v for k, v in sd.items() if not k.endswith("resample_filter")})
     return G
-
-
-def inputs(kw, batch=3, seed=5):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(batch, kw["z_dim"], generator=g, dtype=torch.float64)
-    c = torch.randn(batch, kw["c_dim"], generator=g, dtype=torch.float64) if kw["c_dim"] else None
-    return z, c
-
-
-def write(tmp_path, name, data):
-    path = tmp_path / name
-    if isinstance(data, bytes):
-        path.write_bytes(data)
-    else:
-        torch.save(data, path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,30 +61,30 @@ def test_generator_matches_reference(architecture, conv_clamp, c_dim):
     sd = rounded(ref.random_official(kw))
     G = ours_from_official(sd, kw)
     blocks, M = ref.official_blocks(sd, kw)
-    z, c = inputs(kw)
+    z, c = model_inputs(kw)
     for psi, cutoff in [(1.0, None), (0.7, None), (0.5, 2)]:
         ws = G.map(z, c, truncation_psi=psi, truncation_cutoff=cutoff)
         ws_ref = ref.ref_mapping(M, z, c, psi, cutoff, num_ws=G.num_ws)
-        assert rel(ws, ws_ref) <= TOL["exact"]
+        assert relative_error(ws, ws_ref) <= TOL["exact"]
         for noise_mode in ("const", "none"):
             img = G.synthesize(ws, noise_mode=noise_mode)
             img_ref = ref.ref_synthesis(blocks, ws_ref, noise_mode, clamp=conv_clamp)
             assert img.shape == (3, 3, 16, 16)
-            assert rel(img, img_ref) <= TOL["exact"], (psi, cutoff, noise_mode)
+            assert relative_error(img, img_ref) <= TOL["exact"], (psi, cutoff, noise_mode)
     if conv_clamp is not None:  # the clamp must actually bite in this test
         assert float(G.synthesize(ws).detach().abs().max()) > 0
         unclamped = ref.ref_synthesis(blocks, ws_ref, "const", clamp=None)
-        assert rel(img, unclamped) > 1e-3
+        assert relative_error(img, unclamped) > 1e-3
 
 
 def test_float32_matches_reference_within_target():
     sd = rounded(ref.random_official(TINY))
     G32 = ours_from_official(sd, TINY, torch.float32)
     blocks, M = ref.official_blocks(sd, TINY)
-    z, _ = inputs(TINY)
+    z, _ = model_inputs(TINY)
     img = G32(z.float())
     assert img.dtype == torch.float32
-    assert rel(img, ref.ref_synthesis(blocks, ref.ref_mapping(M, z, num_ws=G32.num_ws))) <= TOL["float32"]
+    assert relative_error(img, ref.ref_synthesis(blocks, ref.ref_mapping(M, z, num_ws=G32.num_ws))) <= TOL["float32"]
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -119,11 +100,11 @@ def test_property_any_shape_matches_reference(log_res, channel_base, channel_max
     G = ours_from_official(sd, kw)
     assert G.num_ws == 2 * (log_res - 1)
     blocks, M = ref.official_blocks(sd, kw)
-    z, c = inputs(kw, batch=2, seed=seed)
+    z, c = model_inputs(kw, batch=2, seed=seed)
     ws = G.map(z, c)
     img = G.synthesize(ws)
     assert img.shape == (2, img_channels, 2 ** log_res, 2 ** log_res)
-    assert rel(img, ref.ref_synthesis(blocks, ref.ref_mapping(M, z, c, num_ws=G.num_ws))) <= TOL["exact"]
+    assert relative_error(img, ref.ref_synthesis(blocks, ref.ref_mapping(M, z, c, num_ws=G.num_ws))) <= TOL["exact"]
 
 
 def test_noise_modes():
@@ -238,7 +219,7 @@ def test_vmap_jvp_matches_reverse_mode(dtype):
     J_rev = torch.autograd.functional.jacobian(f, w).reshape(-1, d)
     J_jacrev = torch.func.jacrev(f)(w).reshape(-1, d)
     tol = TOL["exact"] if dtype == torch.float64 else TOL["jacobian32"]
-    assert rel(J_fwd, J_rev) <= tol and rel(J_jacrev, J_rev) <= tol
+    assert relative_error(J_fwd, J_rev) <= tol and relative_error(J_jacrev, J_rev) <= tol
 
 
 def test_jacobian_engine_layer_skip_matches_reverse_mode():
@@ -248,11 +229,11 @@ def test_jacobian_engine_layer_skip_matches_reverse_mode():
     for accepts_rows in (True, False):
         G.accepts_ws_rows = accepts_rows
         J, info = rf.jacobian(G, w, layer_skip=True, chunk_size=16, progress=False, return_info=True)
-        assert rel(J, J_rev) <= TOL["exact"]
+        assert relative_error(J, J_rev) <= TOL["exact"]
         assert info.stage_runs < info.stage_runs_without_skip
     J_w = rf.jacobian(G, w[0], progress=False)  # w repeated on all rows
     J_w_rev = torch.func.jacrev(lambda x: G.synthesis(x[None, None].expand(1, G.num_ws, -1)).reshape(-1))(w[0])
-    assert rel(J_w, J_w_rev) <= TOL["exact"]
+    assert relative_error(J_w, J_w_rev) <= TOL["exact"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -268,7 +249,7 @@ def test_nvidia_pickle(tmp_path, architecture, conv_clamp, c_dim, protocol):
     kw = dict(TINY, architecture=architecture, conv_clamp=conv_clamp, c_dim=c_dim)
     sd = rounded(ref.random_official(kw))
     marker = tmp_path / "module_src_ran"
-    path = write(tmp_path, "network-snapshot-000100.pkl",
+    path = write_file(tmp_path, "network-snapshot-000100.pkl",
                  ref.nvidia_pickle_bytes(sd, kw, module_src=MARKER_SRC.format(str(marker)), protocol=protocol))
     loaded = models.load(path)
     assert not marker.exists()  # module_src is never executed
@@ -277,40 +258,40 @@ def test_nvidia_pickle(tmp_path, architecture, conv_clamp, c_dim, protocol):
     assert G.init_kwargs["conv_clamp"] == conv_clamp and G.init_kwargs["architecture"] == architecture
     assert loaded.metadata["ignored"] == {"num_fp16_res": 4}
     assert torch.equal(loaded.w_avg, sd["mapping.w_avg"].float())
-    z, c = inputs(kw)
+    z, c = model_inputs(kw)
     blocks, M = ref.official_blocks(sd, kw)
     img_ref = ref.ref_synthesis(blocks, ref.ref_mapping(M, z, c, 0.7, num_ws=G.num_ws), clamp=conv_clamp)
-    assert rel(G(z.float(), None if c is None else c.float(), truncation_psi=0.7), img_ref) <= TOL["float32"]
+    assert relative_error(G(z.float(), None if c is None else c.float(), truncation_psi=0.7), img_ref) <= TOL["float32"]
     G64 = G.double()
-    assert rel(G64(z, c, truncation_psi=0.7), img_ref) <= TOL["exact"]
+    assert relative_error(G64(z, c, truncation_psi=0.7), img_ref) <= TOL["exact"]
 
 
 def test_nvidia_pickle_stylegan3_repo_kwargs_form(tmp_path):
     sd = rounded(ref.random_official(TINY))
-    path = write(tmp_path, "sg2-from-sg3-repo.pkl", ref.nvidia_pickle_bytes(sd, TINY, stylegan3_kwargs=True))
+    path = write_file(tmp_path, "sg2-from-sg3-repo.pkl", ref.nvidia_pickle_bytes(sd, TINY, stylegan3_kwargs=True))
     G = models.load(path).generator.double()
     blocks, M = ref.official_blocks(sd, TINY)
-    z, _ = inputs(TINY)
+    z, _ = model_inputs(TINY)
     assert G.init_kwargs["channel_base"] == TINY["channel_base"]
-    assert rel(G(z), ref.ref_synthesis(blocks, ref.ref_mapping(M, z, num_ws=G.num_ws))) <= TOL["exact"]
+    assert relative_error(G(z), ref.ref_synthesis(blocks, ref.ref_mapping(M, z, num_ws=G.num_ws))) <= TOL["exact"]
 
 
 def test_rosinality(tmp_path):
     g, latent_avg = ref.random_rosinality()
     g, latent_avg = rounded(g), latent_avg.float()
-    path = write(tmp_path, "550000.pt", {"g_ema": {k: v.float() for k, v in g.items()}, "latent_avg": latent_avg})
+    path = write_file(tmp_path, "550000.pt", {"g_ema": {k: v.float() for k, v in g.items()}, "latent_avg": latent_avg})
     loaded = models.load(path)
     G = loaded.generator.double()
     assert loaded.metadata["format"] == "rosinality" and loaded.metadata["w_avg_source"] == "file"
     assert G.init_kwargs["channel_base"] == 128 and G.init_kwargs["channel_max"] == 16
     assert G.num_ws == 6 and G.init_kwargs["num_mapping_layers"] == 2
     blocks, fcs = ref.rosinality_blocks(g, 4)
-    z, _ = inputs(G.init_kwargs)
+    z, _ = model_inputs(G.init_kwargs)
     M = dict(fcs=fcs, lr=0.01, w_avg=latent_avg.double())
     for psi in (1.0, 0.6):
         img_ref = ref.ref_synthesis(blocks, ref.ref_mapping(M, z, psi=psi, num_ws=6))
-        assert rel(G(z, truncation_psi=psi), img_ref) <= TOL["converted"]
-        assert rel(loaded.generator.float()(z.float(), truncation_psi=psi), img_ref) <= TOL["float32"]
+        assert relative_error(G(z, truncation_psi=psi), img_ref) <= TOL["converted"]
+        assert relative_error(loaded.generator.float()(z.float(), truncation_psi=psi), img_ref) <= TOL["float32"]
         G = G.double()
 
 
@@ -318,7 +299,7 @@ def test_rosinality_training_checkpoint_without_latent_avg(tmp_path):
     g, _ = ref.random_rosinality()
     args = argparse.Namespace(size=16, latent=8, n_mlp=2, channel_multiplier=2)
     g = {k: v.float() for k, v in g.items()}
-    path = write(tmp_path, "010000.pt", {"g": g, "d": {"x": torch.zeros(1)}, "g_ema": g, "g_optim": {},
+    path = write_file(tmp_path, "010000.pt", {"g": g, "d": {"x": torch.zeros(1)}, "g_ema": g, "g_optim": {},
                                          "d_optim": {}, "args": args})
     loaded = models.load(path)
     assert loaded.metadata["w_avg_source"].startswith("estimated")
@@ -336,35 +317,35 @@ def test_hammer(tmp_path, architecture, wrapped):
     f32 = {k: v.float() for k, v in g.items()}
     ckpt = {"models": {"generator_smooth": f32, "generator": {}, "discriminator": {}}} if wrapped else \
         {"generator": f32}
-    loaded = models.load(write(tmp_path, "stylegan2_tiny.pth", ckpt))
+    loaded = models.load(write_file(tmp_path, "stylegan2_tiny.pth", ckpt))
     assert loaded.metadata["format"] == "hammer"
     G = loaded.generator.double()
     assert G.init_kwargs["architecture"] == architecture
     blocks, fcs = ref.hammer_blocks(g, kw)
-    z, _ = inputs(kw)
+    z, _ = model_inputs(kw)
     M = dict(fcs=fcs, lr=0.01, w_avg=g["w_avg"])
     for psi, cutoff in [(1.0, None), (0.7, 4)]:
         img_ref = ref.ref_synthesis(blocks, ref.ref_mapping(M, z, psi=psi, cutoff=cutoff, num_ws=6))
-        assert rel(G(z, truncation_psi=psi, truncation_cutoff=cutoff), img_ref) <= TOL["exact"]
+        assert relative_error(G(z, truncation_psi=psi, truncation_cutoff=cutoff), img_ref) <= TOL["exact"]
 
 
 def test_genforce(tmp_path):
     g = rounded(ref.random_hammer(TINY, genforce=True))
-    loaded = models.load(write(tmp_path, "stylegan2_ffhq_tiny.pth",
+    loaded = models.load(write_file(tmp_path, "stylegan2_ffhq_tiny.pth",
                                {"generator_smooth": {k: v.float() for k, v in g.items()}}))
     assert loaded.metadata["format"] == "genforce"
     G = loaded.generator.double()
     blocks, fcs = ref.hammer_blocks(g, TINY, genforce=True)
-    z, _ = inputs(TINY)
+    z, _ = model_inputs(TINY)
     img_ref = ref.ref_synthesis(blocks, ref.ref_mapping(dict(fcs=fcs, lr=0.01, w_avg=g["truncation.w_avg"]), z,
                                                         num_ws=6))
-    assert rel(G(z), img_ref) <= TOL["converted"]
+    assert relative_error(G(z), img_ref) <= TOL["converted"]
 
 
 def test_official_state_dict_and_save_round_trip(tmp_path):
     kw = dict(TINY, c_dim=2, architecture="resnet")
     sd = rounded(ref.random_official(kw))
-    loaded = models.load(write(tmp_path, "G_ema_state.pt", {k: v.float() for k, v in sd.items()}))
+    loaded = models.load(write_file(tmp_path, "G_ema_state.pt", {k: v.float() for k, v in sd.items()}))
     assert loaded.metadata["format"] == "official-state-dict"
     G = loaded.generator
     out = tmp_path / "mine.pt"
@@ -374,7 +355,7 @@ def test_official_state_dict_and_save_round_trip(tmp_path):
     assert again.generator.init_kwargs == G.init_kwargs
     for (k, a), (k2, b) in zip(G.state_dict().items(), again.generator.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
-    z, c = inputs(kw)
+    z, c = model_inputs(kw)
     assert torch.equal(G(z.float(), c.float()), again.generator(z.float(), c.float()))
     torch.load(out, weights_only=True)  # plain data
     with pytest.raises(ResefaError, match="generator"):
@@ -383,7 +364,7 @@ def test_official_state_dict_and_save_round_trip(tmp_path):
 
 def test_config_argument_and_naming(tmp_path):
     sd = rounded(ref.random_official(TINY))
-    path = write(tmp_path, "tiny.pt", {k: v.float() for k, v in sd.items()})
+    path = write_file(tmp_path, "tiny.pt", {k: v.float() for k, v in sd.items()})
     loaded = models.load(path, config="tiny")
     assert loaded.metadata["config"] == "tiny" and loaded.metadata["config_candidates"] == []
     with pytest.raises(ResefaError, match="does not match `config`"):
@@ -457,7 +438,7 @@ def test_bad_files(tmp_path, case):
     content, message = BAD_FILES[case]
     if callable(content):
         content = content(tmp_path)
-    path = write(tmp_path, "bad_file.bin", content)
+    path = write_file(tmp_path, "bad_file.bin", content)
     with pytest.raises(ResefaError, match=message) as error:
         models.load(path)
     assert "bad_file.bin" in str(error.value)

@@ -1,7 +1,6 @@
 """The sampled last stage: a readout that reads the image only at a stride (``readouts.original`` with an integer
 ratio) and a generator that computes its last stage only there (StyleGAN2) give the same Jacobian as the full image,
 and every other readout / generator keeps the full path."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +10,8 @@ from resefa_fast.jacobian.staged import samples_last_stage, synthesize
 from resefa_fast.jacobian.toy import ToyGenerator
 from resefa_fast.models import StyleGAN2Generator, ops
 
+from conftest import relative_error
+
 #: Forward vs reverse mode in float32 (DESIGN.md §6): relative Frobenius error.
 JACOBIAN_RTOL = 1e-4
 #: The sampled and the full path: the same products and sums per pixel, so float32 rounding at most.
@@ -18,11 +19,6 @@ SAME_RTOL = 1e-6
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: see conftest.one_thread
-
-
-def relative_error(a, b):
-    a, b = torch.as_tensor(np.asarray(a)).double(), torch.as_tensor(np.asarray(b)).double()
-    return float((a - b).norm() / b.norm())
 
 
 def generator(resolution=32, architecture="skip", conv_clamp=None, w_dim=8, seed=0):

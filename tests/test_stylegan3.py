@@ -16,6 +16,8 @@ from resefa_fast.errors import ResefaError
 from resefa_fast.models import StyleGAN3Generator
 from resefa_fast.models.stylegan3 import design_lowpass_filter, layer_plans
 
+from conftest import model_inputs, relative_error, write_file
+
 pytest.importorskip("scipy")  # the reference designs its filters with scipy, as the official code
 
 #: Relative (Frobenius) error bounds, each with its reason.
@@ -38,42 +40,21 @@ CFGS = {"T": T, "R": R}
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: see conftest.one_thread
 
 
-def rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm())
-
-
 def ours_from_official(sd, kw, dtype=torch.float64):
     G = StyleGAN3Generator(**kw).to(dtype).eval().requires_grad_(False)
     G.load_state_dict(sd)
     return G
 
 
-def inputs(kw, batch=3, seed=5):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(batch, kw["z_dim"], generator=g, dtype=torch.float64)
-    c = torch.randn(batch, kw["c_dim"], generator=g, dtype=torch.float64) if kw["c_dim"] else None
-    return z, c
-
-
-def write(tmp_path, name, data):
-    path = tmp_path / name
-    if isinstance(data, bytes):
-        path.write_bytes(data)
-    else:
-        torch.save(data, path)
-    return path
-
-
 def check_against_reference(G, P, kw, tol, psi=0.7, cutoff=None, seed=5):
-    z, c = inputs(kw, seed=seed)
+    z, c = model_inputs(kw, seed=seed)
     dtype = next(G.parameters()).dtype
     ws = G.map(z.to(dtype), None if c is None else c.to(dtype), truncation_psi=psi, truncation_cutoff=cutoff)
     ws_ref = ref.ref_mapping(P["mapping"], z, c, psi, cutoff, num_ws=G.num_ws)
-    assert rel(ws, ws_ref) <= tol
+    assert relative_error(ws, ws_ref) <= tol
     img = G.synthesize(ws)
     assert img.shape == (3, kw["img_channels"], kw["img_resolution"], kw["img_resolution"])
-    assert rel(img, ref.ref_synthesis(P, ws_ref)) <= tol
+    assert relative_error(img, ref.ref_synthesis(P, ws_ref)) <= tol
     return img
 
 
@@ -88,15 +69,15 @@ def test_generator_matches_reference(cfg, c_dim, conv_clamp):
     sd = ref.random_official(kw)
     G = ours_from_official(sd, kw)
     P = ref.official_params(sd, kw)
-    z, c = inputs(kw)
+    z, c = model_inputs(kw)
     for psi, cutoff in [(1.0, None), (0.7, None)]:  # truncation acts on W+ only: the mappings are compared
-        assert rel(G.map(z, c, psi, cutoff), ref.ref_mapping(P["mapping"], z, c, psi, cutoff, num_ws=G.num_ws)) \
-            <= TOL["exact"]
+        expected = ref.ref_mapping(P["mapping"], z, c, psi, cutoff, num_ws=G.num_ws)
+        assert relative_error(G.map(z, c, psi, cutoff), expected) <= TOL["exact"]
     img = check_against_reference(G, P, kw, TOL["exact"], 0.5, 3)
     if conv_clamp < 1:  # the clamp must actually bite in this test
-        unclamped = ref.ref_synthesis(dict(P, clamp=None), ref.ref_mapping(P["mapping"], *inputs(kw), 0.5, 3,
+        unclamped = ref.ref_synthesis(dict(P, clamp=None), ref.ref_mapping(P["mapping"], *model_inputs(kw), 0.5, 3,
                                                                            num_ws=G.num_ws))
-        assert rel(img, unclamped) > 1e-3
+        assert relative_error(img, unclamped) > 1e-3
 
 
 @pytest.mark.parametrize("cfg", ["T", "R"])
@@ -107,7 +88,7 @@ def test_upsample_impls_are_the_same_function(cfg):
     sd = ref.random_official(kw, seed=9)
     G = ours_from_official(sd, kw)
     P = ref.official_params(sd, kw)
-    ws = G.map(inputs(kw)[0])
+    ws = G.map(model_inputs(kw)[0])
     images, jvps = {}, {}
     tangents = torch.randn(3, *ws[0].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     try:
@@ -118,8 +99,8 @@ def test_upsample_impls_are_the_same_function(cfg):
                 tangents)
     finally:
         stylegan3.set_upsample_impl("transpose")
-    assert rel(images["zeros"], ref.ref_synthesis(P, ws)) <= TOL["exact"]
-    assert rel(jvps["zeros"], jvps["transpose"]) <= TOL["exact"]
+    assert relative_error(images["zeros"], ref.ref_synthesis(P, ws)) <= TOL["exact"]
+    assert relative_error(jvps["zeros"], jvps["transpose"]) <= TOL["exact"]
     with pytest.raises(ResefaError, match="impl"):
         stylegan3.set_upsample_impl("fft")
 
@@ -139,7 +120,7 @@ def test_user_transform_matches_reference(cfg, tx, ty, rotate):
     kw = CFGS[cfg]
     sd = ref.random_official(kw, seed=1)
     G = ours_from_official(sd, kw)
-    z, _ = inputs(kw)
+    z, _ = model_inputs(kw)
     ws = G.map(z)
     identity = G.synthesize(ws)
     G.set_transform(tx=tx, ty=ty, rotate=rotate)
@@ -147,9 +128,9 @@ def test_user_transform_matches_reference(cfg, tx, ty, rotate):
     assert torch.equal(G.transform, expected)
     P = ref.official_params(dict(sd, **{"synthesis.input.transform": expected}), kw)
     moved = G.synthesize(ws)
-    assert rel(moved, ref.ref_synthesis(P, ws)) <= TOL["exact"]
-    assert rel(moved, identity) > 1e-2  # the transform changes the image
-    assert rel(G.set_transform().synthesize(ws), identity) == 0.0
+    assert relative_error(moved, ref.ref_synthesis(P, ws)) <= TOL["exact"]
+    assert relative_error(moved, identity) > 1e-2  # the transform changes the image
+    assert relative_error(G.set_transform().synthesize(ws), identity) == 0.0
 
 
 def test_scaling_transform_damps_out_of_band_frequencies():
@@ -160,8 +141,8 @@ def test_scaling_transform_damps_out_of_band_frequencies():
     zoom = torch.diag(torch.tensor([2.5, 2.5, 1.0], dtype=torch.float64))
     G.synthesis.input.transform.copy_(zoom)
     P = ref.official_params(dict(sd, **{"synthesis.input.transform": zoom}), T)
-    ws = G.map(inputs(T)[0])
-    assert rel(G.synthesize(ws), ref.ref_synthesis(P, ws)) <= TOL["exact"]
+    ws = G.map(model_inputs(T)[0])
+    assert relative_error(G.synthesize(ws), ref.ref_synthesis(P, ws)) <= TOL["exact"]
     amplitudes = 1 - ((sd["synthesis.input.freqs"] * 2.5).norm(dim=1) - P["input"]["bandwidth"]) / (
         P["input"]["rate"] / 2 - P["input"]["bandwidth"])
     assert float(amplitudes.min()) < 1  # the damping is exercised
@@ -183,10 +164,10 @@ def test_official_batch_coupling_is_only_through_epsilon():
     enters only through ε = 1e-8 and stays far below every tolerance."""
     sd = ref.random_official(T, seed=4)
     P = ref.official_params(sd, T)
-    ws = ref.ref_mapping(P["mapping"], *inputs(T, batch=4), num_ws=T["num_layers"] + 2)
-    assert rel(ref.ref_synthesis_batched(P, ws), ref.ref_synthesis(P, ws)) <= 1e-8
+    ws = ref.ref_mapping(P["mapping"], *model_inputs(T, batch=4), num_ws=T["num_layers"] + 2)
+    assert relative_error(ref.ref_synthesis_batched(P, ws), ref.ref_synthesis(P, ws)) <= 1e-8
     # the benchmark's faster reference (separable 1-D passes) is the same function
-    assert rel(ref.ref_synthesis(P, ws[:1], separable=True), ref.ref_synthesis(P, ws[:1])) <= TOL["exact"]
+    assert relative_error(ref.ref_synthesis(P, ws[:1], separable=True), ref.ref_synthesis(P, ws[:1])) <= TOL["exact"]
 
 
 def test_filters_equal_scipy_design():
@@ -286,11 +267,11 @@ def test_jacobian_engine_matches_reverse_mode(cfg, dtype):
 
     J_rev = torch.autograd.functional.jacobian(f, w).reshape(-1, w.numel())  # [P, num_ws * w_dim]
     J, info = rf.jacobian(G, w, readout=readout, layer_skip=True, chunk_size=16, progress=False, return_info=True)
-    assert J.shape == J_rev.shape == (64, G.num_ws * G.w_dim) and rel(J, J_rev) <= tol
+    assert J.shape == J_rev.shape == (64, G.num_ws * G.w_dim) and relative_error(J, J_rev) <= tol
     assert info.stage_runs < info.stage_runs_without_skip
     J_w = rf.jacobian(G, w[0], readout=readout, progress=False)  # w repeated on every row, the original's Jacobian
     J_w_rev = torch.autograd.functional.jacobian(lambda x: f(x[None].expand(G.num_ws, -1)), w[0])
-    assert rel(J_w, J_w_rev) <= tol
+    assert relative_error(J_w, J_w_rev) <= tol
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -308,7 +289,7 @@ def test_nvidia_pickle(tmp_path, cfg, c_dim, conv_clamp, protocol, positional):
     marker = tmp_path / "module_src_ran"
     data = ref.nvidia_sg3_pickle_bytes(sd, kw, protocol=protocol, positional=positional,
                                        module_src=MARKER_SRC.format(str(marker)))
-    loaded = models.load(write(tmp_path, f"stylegan3-{cfg.lower()}-network-snapshot.pkl", data))
+    loaded = models.load(write_file(tmp_path, f"stylegan3-{cfg.lower()}-network-snapshot.pkl", data))
     assert not marker.exists()  # module_src is never executed
     G = loaded.generator
     assert isinstance(G, StyleGAN3Generator) and loaded.metadata["format"] == "nvidia-pickle"
@@ -336,7 +317,7 @@ def test_hammer(tmp_path, cfg, how):
     else:
         ckpt = {"models": {"generator": f32, "discriminator": {}}}
     config = f"stylegan3-{cfg.lower()}-tiny" if how == "config" else None
-    loaded = models.load(write(tmp_path, "stylegan3_tiny.pth", ckpt), config=config)
+    loaded = models.load(write_file(tmp_path, "stylegan3_tiny.pth", ckpt), config=config)
     assert loaded.metadata["format"] == "hammer"
     G = loaded.generator.double()
     assert {k: G.init_kwargs[k] for k in models.stylegan3_configs.STYLEGAN3_SHAPE_KEYS} == \
@@ -353,14 +334,14 @@ def test_hammer_inferred_at_release_shape(tmp_path):
     G0 = StyleGAN3Generator(**kw)
     sd = {k: v.double() for k, v in G0.state_dict().items()}
     g = ref.official_to_hammer(sd, kw)
-    loaded = models.load(write(tmp_path, "r256.pth", {"generator_smooth": {k: v.float() for k, v in g.items()}}))
+    loaded = models.load(write_file(tmp_path, "r256.pth", {"generator_smooth": {k: v.float() for k, v in g.items()}}))
     assert loaded.generator.init_kwargs == G0.init_kwargs
 
 
 def test_official_state_dict_and_save_round_trip(tmp_path):
     kw = dict(R, c_dim=2)
     sd = ref.random_official(kw, transform=ref.transform_matrix(0.0, 0.1, -10.0))
-    loaded = models.load(write(tmp_path, "G_ema_state.pt", {k: v.float() for k, v in sd.items()}))
+    loaded = models.load(write_file(tmp_path, "G_ema_state.pt", {k: v.float() for k, v in sd.items()}))
     assert loaded.metadata["format"] == "official-state-dict" and loaded.metadata["config"] is None
     G = loaded.generator
     check_against_reference(G.double(), ref.official_params(sd, kw), kw, TOL["exact"])
@@ -372,7 +353,7 @@ def test_official_state_dict_and_save_round_trip(tmp_path):
     assert again.generator.init_kwargs == G.init_kwargs
     for (k, a), (k2, b) in zip(G.state_dict().items(), again.generator.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
-    z, c = inputs(kw)
+    z, c = model_inputs(kw)
     assert torch.equal(G(z.float(), c.float()), again.generator(z.float(), c.float()))
     torch.load(out, weights_only=True)  # plain data
     with pytest.raises(ResefaError, match="StyleGAN3Generator"):
@@ -387,7 +368,7 @@ def test_config_naming(tmp_path):
     found = models.stylegan3_configs.matching_stylegan3_configs(kw, hint="stylegan3-t-ffhqu-256x256.pkl")
     assert [c.name for c in found] == ["stylegan3-t-ffhqu-256"]
     sd = ref.random_official(T)
-    path = write(tmp_path, "tiny.pt", {k: v.float() for k, v in sd.items()})
+    path = write_file(tmp_path, "tiny.pt", {k: v.float() for k, v in sd.items()})
     assert models.load(path, config="stylegan3-t-tiny").metadata["config"] == "stylegan3-t-tiny"
     with pytest.raises(ResefaError, match="does not match `config`"):
         models.load(path, config="stylegan3-r-tiny")
@@ -501,7 +482,7 @@ def test_bad_files(tmp_path, case):
     content, message = BAD_FILES[case]
     if callable(content):
         content = content(tmp_path)
-    path = write(tmp_path, "bad_file.bin", content)
+    path = write_file(tmp_path, "bad_file.bin", content)
     with pytest.raises(ResefaError, match=message) as error:
         models.load(path)
     assert "bad_file.bin" in str(error.value)
@@ -510,7 +491,7 @@ def test_bad_files(tmp_path, case):
 def test_stylegan2_files_are_not_taken(tmp_path):
     import models_reference as ref2
     sd = {k: v.float() for k, v in ref2.random_official(dict(models.TINY.kwargs)).items()}
-    loaded = models.load(write(tmp_path, "sg2.pt", sd))
+    loaded = models.load(write_file(tmp_path, "sg2.pt", sd))
     assert loaded.metadata["format"] == "official-state-dict"
     assert not isinstance(loaded.generator, StyleGAN3Generator)
     assert models.stylegan3_loaders.read({"weights": torch.zeros(1)}, "x.pt") is None
