@@ -61,9 +61,9 @@ def main():
         L = phase("Cholesky (float32)", lambda: torch.linalg.cholesky_ex(M)[0])
         factor = phase("diagonal block inverses", lambda: BlockedCholesky(L))
         q = 2 * args.k
-        Z = phase("initial block (block solves, top-k of FᵀF)",
-                  lambda: _initial_block(J, foreground, factor, c_f, args.k, q))
         pencil = _Pencil(exact, m, b, c_f, c_b, a)
+        Z = phase("initial block (block solves, top-k of FᵀF)",
+                  lambda: _initial_block(J, foreground, pencil.rows, factor, c_f, args.k, q))
         Y, FZ, BZ = phase("pass over J (float64 chunks)", lambda: pencil.images(Z))
         theta, X, Y, FX, BX = phase("Rayleigh-Ritz", lambda: _rayleigh_ritz(pencil, Z, Y, FZ, BZ, q))
         res = relative_residuals(FX[:, :args.k].T, BX[:, :args.k].T, theta[:args.k])

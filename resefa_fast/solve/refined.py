@@ -157,7 +157,7 @@ class BlockedCholesky:
         return self.solve_upper(self.solve_lower(R))
 
 
-def _initial_block(J, foreground, factor: BlockedCholesky, c_f, k: int, q: int) -> torch.Tensor:
+def _initial_block(J, foreground, rows, factor: BlockedCholesky, c_f, k: int, q: int) -> torch.Tensor:
     """A starting block ``[d, q]`` (float64): the top generalised eigenvectors of the approximate pencil
     ``(M_f, L Lᵀ)`` in L's dtype, converged loosely (the refinement supplies the accuracy).
 
@@ -165,7 +165,6 @@ def _initial_block(J, foreground, factor: BlockedCholesky, c_f, k: int, q: int) 
     top eigenvectors u of ``FᵀF`` (n_f ≤ d), or ``L⁻ᵀ y`` for those of ``F Fᵀ``. Only the top k pairs must
     converge: the rest of the block lies in the spectrum's flat tail, where subspace iteration would crawl."""
     dtype = factor.L.dtype
-    rows = torch.nonzero(foreground).flatten()
     Kf = J.index_select(0, rows).to(dtype) * foreground[rows].to(dtype).sqrt()[:, None]
     F = factor.solve_lower(Kf.transpose(0, 1))  # [d, n_f]
     small = F.shape[1] <= F.shape[0]
@@ -212,7 +211,7 @@ def solve_refined(J: torch.Tensor, foreground: torch.Tensor, background: torch.T
     factor = BlockedCholesky(L)
     q = min(d, int(block or max(2 * k, k + 8)), int((m > 0).sum()))
     pencil = _Pencil(exact, m, b, c_f, c_b, a)
-    Z = _initial_block(J, foreground, factor, c_f, k, q)
+    Z = _initial_block(J, foreground, pencil.rows, factor, c_f, k, q)
     Y, FZ, BZ = pencil.images(Z)
     theta, X, Y, FX, BX = _rayleigh_ritz(pencil, Z, Y, FZ, BZ, q)
     iterations = 0
