@@ -23,6 +23,14 @@ J4 = torch.randn(301, 20, device="cuda")
 for precision in ("fp32", "bf16"):
     cuda_ops.masked_grams(J4, w, precision=precision)
 cuda_ops.masked_grams(torch.randn(301 * 20 + 1, device="cuda")[1:].view(301, 20), w)
+# the refined route's operands: float4 path (d = 20, with and without the float64 copy), scalar paths (d = 19; J a
+# view 4 bytes off alignment)
+r = torch.rand(301, device="cuda").half()
+cuda_ops.prepare_refined_operands(J4, torch.rand(20, device="cuda"), r)
+cuda_ops.prepare_refined_operands(J4, torch.rand(20, device="cuda"), r, float64=False)
+cuda_ops.prepare_refined_operands(J, torch.rand(19, device="cuda"), r)
+cuda_ops.prepare_refined_operands(torch.randn(301 * 20 + 1, device="cuda")[1:].view(301, 20),
+                                  torch.rand(20, device="cuda"), r)
 jv, scale = torch.randn(2 * 13 * 11, 7, device="cuda"), torch.rand(4, 7, device="cuda")
 cuda_ops.gather_scaled_rows(jv, scale, boxes=torch.tensor([[6, 5, 3, 4], [0, 0, 5, 5], [12, 10, 9, 9], [6, 5, 0, 2]]),
                             grid=(13, 11))

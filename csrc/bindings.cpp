@@ -113,6 +113,34 @@ torch::Tensor row_energies(const torch::Tensor& jacobian) {
   return energies;
 }
 
+std::tuple<torch::Tensor, c10::optional<torch::Tensor>, torch::Tensor> prepare_refined_operands(
+    const torch::Tensor& jacobian, const torch::Tensor& column_scale, const torch::Tensor& row_scale, bool float64) {
+  check_cuda_tensor(jacobian, "jacobian", at::kFloat);
+  check_cuda_tensor(column_scale, "column_scale", at::kFloat);
+  check_cuda_tensor(row_scale, "row_scale", at::kHalf);
+  require(jacobian.dim() == 2 && column_scale.dim() == 1 && row_scale.dim() == 1 &&
+              column_scale.size(0) == jacobian.size(1) && row_scale.size(0) == jacobian.size(0),
+          "jacobian [P, d], column_scale [d] and row_scale [P] expected");
+  require(column_scale.device() == jacobian.device() && row_scale.device() == jacobian.device(),
+          "jacobian, column_scale and row_scale must be on one device");
+  const c10::cuda::CUDAGuard guard(jacobian.device());
+  const int64_t P = jacobian.size(0), d = jacobian.size(1);
+  auto half = torch::empty({P, d}, jacobian.options().dtype(at::kHalf));
+  c10::optional<torch::Tensor> exact;
+  if (float64) exact = torch::empty({P, d}, jacobian.options().dtype(at::kDouble));
+  auto energies = torch::empty({P}, jacobian.options().dtype(at::kDouble));
+  resefa::RefinedPrepParams p;
+  p.jacobian = jacobian.data_ptr<float>();
+  p.column_scale = column_scale.data_ptr<float>();
+  p.row_scale = reinterpret_cast<const __half*>(row_scale.data_ptr<at::Half>());
+  p.scaled = reinterpret_cast<__half*>(half.data_ptr<at::Half>());
+  p.exact = float64 ? exact->data_ptr<double>() : nullptr;
+  p.energies = energies.data_ptr<double>();
+  p.P = P, p.d = d;
+  raise_if_failed(resefa::prepare_refined_operands(p, at::cuda::getCurrentCUDAStream()));
+  return {half, exact, energies};
+}
+
 std::tuple<torch::Tensor, torch::Tensor> gather_scaled_rows(const torch::Tensor& jv, const torch::Tensor& scale,
                                                             c10::optional<torch::Tensor> boxes,
                                                             c10::optional<torch::Tensor> masks, int64_t C,
@@ -212,12 +240,15 @@ std::tuple<torch::Tensor, torch::Tensor> gesvdr_topk(const torch::Tensor& a, int
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "resefa_fast CUDA core (csrc/): masked Grams, bulk-path gathers, cuSOLVER top-k routines";
+  m.doc() = "resefa_fast CUDA core (csrc/): masked Grams, refined-route operands, bulk-path gathers, cuSOLVER top-k";
   m.attr("cuda_version") = CUDART_VERSION;  // toolkit the extension was compiled with, e.g. 13000
   m.def("masked_grams", &masked_grams, "grams[r] = J^T diag(w_r) J and traces", py::arg("jacobian"),
         py::arg("weights"), py::arg("out") = py::none(), py::arg("accumulate") = false, py::arg("precision") = 0,
         py::arg("workspace_budget") = int64_t(512) << 20);
   m.def("row_energies", &row_energies, "e_p = |J_p|^2");
+  m.def("prepare_refined_operands", &prepare_refined_operands,
+        "refined-route operands in one pass: float16 (J*c)*r [P, d], float64 J [P, d] or None, float64 |J_p|^2 [P]",
+        py::arg("jacobian"), py::arg("column_scale"), py::arg("row_scale"), py::arg("float64") = true);
   m.def("gather_scaled_rows", &gather_scaled_rows, "bulk-path operand, padded [R, max_rows, k], counts [R]");
   m.def("syevdx_topk", &syevdx_topk, "top-k eigenpairs (values [k] descending, vectors [k, n] rows)");
   m.def("sygvdx_topk", &sygvdx_topk, "generalised top-k A x = l B x (values desc, vectors [k, n], x^T B x = 1)");

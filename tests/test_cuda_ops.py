@@ -116,6 +116,44 @@ def test_solver_argument_checks():
         cuda_ops.truncated_svd(torch.randn(5, 4).cuda() if GPU else torch.randn(5, 4), 3, oversample=2)
 
 
+@pytest.mark.parametrize("case, argument", [("dtype", "jacobian"), ("one_d", "jacobian"), ("empty", "jacobian"),
+                                            ("column_dtype", "column_scale"), ("columns", "column_scale"),
+                                            ("row_dtype", "row_scale"), ("rows", "row_scale")])
+def test_refined_operands_argument_checks(case, argument):
+    J, column_scale, row_scale = torch.randn(6, 4), torch.rand(4), torch.rand(6).half()
+    if case == "dtype":
+        J = J.double()
+    if case == "one_d":
+        J = J.flatten()
+    if case == "empty":
+        J, row_scale = J[:0], row_scale[:0]
+    if case == "column_dtype":
+        column_scale = column_scale.half()
+    if case == "columns":
+        column_scale = torch.rand(5)
+    if case == "row_dtype":
+        row_scale = row_scale.float()
+    if case == "rows":
+        row_scale = torch.rand(7).half()
+    with pytest.raises(ResefaError, match=argument):
+        cuda_ops.check_refined_operands_arguments(J, column_scale, row_scale)
+    with pytest.raises(ResefaError, match=argument):  # the op checks before it touches the extension
+        cuda_ops.prepare_refined_operands(J, column_scale, row_scale)
+
+
+def test_refined_operands_rejects_cpu_and_mixed_devices():
+    J, column_scale, row_scale = torch.randn(6, 4), torch.rand(4), torch.rand(6).half()
+    with pytest.raises(ResefaError, match="jacobian.*CUDA"):
+        cuda_ops.prepare_refined_operands(J, column_scale, row_scale)
+    if GPU:
+        with pytest.raises(ResefaError, match="column_scale"):
+            cuda_ops.prepare_refined_operands(J.cuda(), column_scale, row_scale.cuda())
+        with pytest.raises(ResefaError, match="row_scale"):
+            cuda_ops.prepare_refined_operands(J.cuda(), column_scale.cuda(), row_scale)
+        with pytest.raises(ResefaError, match="float64"):
+            cuda_ops.prepare_refined_operands(J.cuda(), column_scale.cuda(), row_scale.cuda(), float64="yes")
+
+
 # ------------------------------------------------------------------------------------------------ masked Grams
 @needs_gpu
 @pytest.mark.parametrize("P, d, R", [(1000, 17, 1), (4099, 96, 5), (257, 8, 1000), (3001, 512, 3)])
@@ -233,6 +271,99 @@ def test_row_energies_matches_float64():
     J = torch.randn(4097, 111, device="cuda")
     ref = J.double().square().sum(1)
     assert relative_error(cuda_ops.row_energies(J), ref) <= 2 * relative_error(J.square().sum(1), ref) + 1e-7
+
+
+# ------------------------------------------------------------------------------------------------ refined operands
+def torch_refined_operands(J, column_scale, row_scale):
+    """The torch passes prepare_refined_operands replaces: float16 ``(J·c)·r``, ``J.double()``, float64 energies."""
+    half = torch.empty(J.shape, dtype=torch.float16, device=J.device)
+    torch.mul(J, column_scale, out=half)  # float32 product rounded to float16
+    half.mul_(row_scale[:, None])  # float16 × float16 in float32, rounded once
+    return half, J.double(), torch.linalg.vector_norm(J.double(), dim=1) ** 2
+
+
+def refined_inputs(P, d, seed, offset=0, column_offset=0):
+    """J with values that overflow float16 after scaling (and some that overflow at any scale >= 1), column scales
+    that are powers of two from 2^-20 (float16 subnormals and zeros) to 2^10, row scales 0, 1 and soft values.
+    ``offset`` / ``column_offset``: J / column_scale as contiguous views that many floats into their storage."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    J = (30 * torch.randn(P * d + offset, device="cuda", generator=g))[offset:].view(P, d)
+    J.view(-1)[::97] = 1e5
+    powers = torch.tensor([2.0 ** e for e in (-20, -10, -3, 0, 1, 10)], device="cuda")
+    picks = torch.randint(0, len(powers), (d + column_offset,), device="cuda", generator=g)
+    picks[column_offset], picks[-1] = len(powers) - 1, 0  # J[0, 0] = 1e5 scaled by 2^10: inf, and NaN (row 0: r = 0)
+    column_scale = powers[picks][column_offset:]
+    row_scale = torch.rand(P, device="cuda", generator=g).half()
+    row_scale[::3] = 0
+    row_scale[1::3] = 1
+    assert J.is_contiguous() and J.storage_offset() == offset and column_scale.storage_offset() == column_offset
+    return J, column_scale, row_scale
+
+
+def assert_half_bitwise_equal(half, ref):
+    """Bitwise equality of float16 tensors; NaNs (inf · 0) only where torch has them, their payloads not compared."""
+    nan = torch.isnan(ref)
+    assert torch.equal(torch.isnan(half), nan)
+    assert torch.equal(half.view(torch.int16)[~nan], ref.view(torch.int16)[~nan])
+
+
+@needs_gpu
+@pytest.mark.parametrize("P, d, offset, column_offset", [
+    (301, 19, 0, 0),     # d odd: scalar path
+    (257, 20, 0, 0),     # float4 path
+    (257, 20, 1, 0),     # J 4 bytes off 16-byte alignment: scalar path
+    (255, 20, 4, 0),     # J 16 bytes into its storage: still aligned, float4 path
+    (129, 20, 0, 1),     # column_scale 4 bytes off alignment: scalar path
+    (1000, 4, 0, 0),     # one vector per row
+    (1, 1, 0, 0),        # the smallest problem
+    (3, 9216, 0, 0),     # the benchmark's d: 2304 vectors per row, several load batches per thread
+    (5, 4099, 0, 0),     # scalar path, several batches per thread, a partial last batch
+    ((1 << 20) + 3, 4, 0, 0),  # P > 2^20 rows (one block each)
+])
+def test_refined_operands_match_torch(P, d, offset, column_offset):
+    J, column_scale, row_scale = refined_inputs(P, d, seed=P + 7 * d + offset, offset=offset,
+                                                column_offset=column_offset)
+    half, exact, energies = cuda_ops.prepare_refined_operands(J, column_scale, row_scale)
+    ref_half, ref_exact, ref_energies = torch_refined_operands(J, column_scale, row_scale)
+    assert half.dtype == torch.float16 and exact.dtype == torch.float64 and energies.dtype == torch.float64
+    assert half.shape == (P, d) and exact.shape == (P, d) and energies.shape == (P,)
+    assert_half_bitwise_equal(half, ref_half)
+    assert torch.equal(exact, ref_exact)
+    torch.testing.assert_close(energies, ref_energies, rtol=1e-13, atol=0)
+    if P * d > 1000:  # the inputs do exercise overflow, NaN (inf · 0) and zero rows
+        assert torch.isinf(ref_half).any() and torch.isnan(ref_half).any() and (ref_half == 0).any()
+    # deterministic energies (a fixed reduction order, no atomics)
+    assert torch.equal(cuda_ops.prepare_refined_operands(J, column_scale, row_scale, float64=False)[2], energies)
+
+
+@needs_gpu
+@pytest.mark.parametrize("d", [19, 20])
+def test_refined_operands_without_float64_copy(d):
+    J, column_scale, row_scale = refined_inputs(301, d, seed=d)
+    half, exact, energies = cuda_ops.prepare_refined_operands(J, column_scale, row_scale, float64=False)
+    assert exact is None
+    ref_half, _, ref_energies = torch_refined_operands(J, column_scale, row_scale)
+    assert_half_bitwise_equal(half, ref_half)
+    with_copy = cuda_ops.prepare_refined_operands(J, column_scale, row_scale)
+    assert torch.equal(half.view(torch.int16), with_copy[0].view(torch.int16))
+    assert torch.equal(energies, with_copy[2])
+    torch.testing.assert_close(energies, ref_energies, rtol=1e-13, atol=0)
+
+
+@needs_gpu
+def test_refined_operands_strided_inputs():
+    """A transposed J and strided scale vectors are made contiguous by the wrapper; results as for copies."""
+    g = torch.Generator(device="cuda").manual_seed(9)
+    P, d = 333, 64
+    J = torch.randn(d, P, device="cuda", generator=g).T
+    column_scale = torch.rand(2 * d, device="cuda", generator=g)[::2]
+    row_scale = torch.rand(2 * P, device="cuda", generator=g).half()[::2]
+    half, exact, energies = cuda_ops.prepare_refined_operands(J, column_scale, row_scale)
+    ref_half, ref_exact, ref_energies = torch_refined_operands(J, column_scale, row_scale)
+    assert not torch.isnan(half).any()
+    assert_half_bitwise_equal(half, ref_half)
+    assert torch.equal(exact, ref_exact)
+    torch.testing.assert_close(energies, ref_energies, rtol=1e-13, atol=0)
 
 
 # ------------------------------------------------------------------------------------------------ bulk gather

@@ -1,4 +1,4 @@
-// resefa_fast CUDA core: masked Grams, bulk-path gathers, cuSOLVER top-k routines.
+// resefa_fast CUDA core: masked Grams, the refined route's operands, bulk-path gathers, cuSOLVER top-k routines.
 //
 // Plain CUDA C++ on raw device pointers and a cudaStream_t; no torch headers. Every op has one host launcher
 // that checks its arguments and each launch and returns a Status; the binding (csrc/bindings.cpp) turns a
@@ -11,6 +11,7 @@
 #include <string>
 
 #include <cublas_v2.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
 
@@ -52,6 +53,25 @@ Status masked_grams(const MaskedGramParams& p, void* workspace, size_t workspace
 // e_p = ‖J_p‖².
 Status row_energies(const float* jacobian /* [P, d] */, float* energies /* [P] */, int64_t P, int64_t d,
                     cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Refined-route operands in one pass over J (one kernel, J read once):
+//   scaled[p, j] = fp16(fp16(J[p, j] · c_j) · r_p)   bit for bit torch's `torch.mul(J, c, out=half)` then
+//                  `half.mul_(r[:, None])` (float32 products, each rounded to nearest even once),
+//   exact[p, j]  = (double) J[p, j]                  (skipped when `exact` is null),
+//   energies[p]  = Σ_j (double) J[p, j]²             (double accumulation in a fixed order: deterministic).
+// Design: one 256-thread block per row, float4 loads / 8-byte float16 and 16-byte float64 stores when d % 4 == 0 and
+// the pointers are aligned (scalar accesses otherwise), cub block reduction for the energy.
+struct RefinedPrepParams {
+  const float* jacobian = nullptr;      // [P, d]
+  const float* column_scale = nullptr;  // [d]
+  const __half* row_scale = nullptr;    // [P]
+  __half* scaled = nullptr;             // [P, d] (the float16 copy `half`)
+  double* exact = nullptr;              // [P, d], or null: not written
+  double* energies = nullptr;           // [P]
+  int64_t P = 0, d = 0;
+};
+Status prepare_refined_operands(const RefinedPrepParams& p, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Bulk path gather: out[r, i, :] = √m_r(p_i) · jv[p_i, :] · scale[r, :] for the i-th row p_i of region r
