@@ -4,7 +4,7 @@ Runs the route's pieces in order with CUDA events between them (each phase synch
 above the end-to-end time of ``solve_general(..., method="refined")``, which is timed last). Prints a table and
 writes JSON.
 
-    python benchmarks/profile_refined.py --d 9216 --json $OUT/profile_refined.json
+    python benchmarks/profile_refined.py --d 9216 --json $OUT/profile_refined.json [--kernels 30]
 """
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ import time
 import torch
 
 import resefa_fast as rf
-from resefa_fast.gram import approximate_gram, row_energies_float64
 from resefa_fast.regions import as_regions
 from resefa_fast.solve.common import relative_residuals, scale_constants
 from resefa_fast.solve.general import solve_general
-from resefa_fast.solve.refined import BlockedCholesky, _float64_rows, _initial_block, _Pencil, _rayleigh_ritz
+from resefa_fast.solve.refined import BlockedCholesky, _initial_block, _operands, _Pencil, _rayleigh_ritz
 from resefa_fast.testing import random_jacobian
 
 
@@ -30,6 +29,8 @@ def main():
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--precision", default="float16")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--kernels", type=int, default=0,
+                        help="also print the top N CUDA kernels of one end-to-end solve (torch.profiler)")
     args = parser.parse_args()
     device = torch.device("cuda")
     J = random_jacobian((args.grid, args.grid), args.d, seed=args.d, device=device)
@@ -51,19 +52,18 @@ def main():
         phases.clear()
         m, b = foreground.double(), background
         c_f, c_b = scale_constants(m.sum(), b.sum(), "mean")
-        G = phase(f"approximate Gram ({args.precision})",
-                  lambda: approximate_gram(J, background.float().sqrt(), args.precision))
-        exact = phase("J to float64", lambda: _float64_rows(J))
-        e = phase("row energies (float64)", lambda: row_energies_float64(exact))
+        G, exact, e = phase(f"operands: approximate Gram ({args.precision}), float64 rows, energies",
+                            lambda: _operands(J, background.float().sqrt(), args.precision))
         a = 1e-3 * c_b * (b @ e)
         M = G * c_b.float()
         M.diagonal().add_(a.float())
         L = phase("Cholesky (float32)", lambda: torch.linalg.cholesky_ex(M)[0])
         factor = phase("diagonal block inverses", lambda: BlockedCholesky(L))
         q = 2 * args.k
-        pencil = _Pencil(exact, m, b, c_f, c_b, a)
+        rows = torch.nonzero(foreground).flatten()
+        pencil = _Pencil(exact, m, b, c_f, c_b, a, rows)
         Z = phase("initial block (block solves, top-k of FᵀF)",
-                  lambda: _initial_block(J, foreground, pencil.rows, factor, c_f, args.k, q))
+                  lambda: _initial_block(J, foreground, rows, factor, c_f, args.k, q))
         Y, FZ, BZ = phase("pass over J (float64 chunks)", lambda: pencil.images(Z))
         theta, X, Y, FX, BX = phase("Rayleigh-Ritz", lambda: _rayleigh_ritz(pencil, Z, Y, FZ, BZ, q))
         res = relative_residuals(FX[:, :args.k].T, BX[:, :args.k].T, theta[:args.k])
@@ -83,6 +83,13 @@ def main():
         out = phase("end to end: solve_general(method='refined')",
                     lambda: solve_general(J, regions, args.k, 1e-3, "mean", method="refined"))
         phases.append((f"(iterations {out.info['iterations']})", 0.0))
+    if args.kernels:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            solve_general(J, regions, args.k, 1e-3, "mean", method="refined")
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.kernels,
+                                        max_name_column_width=70))
     rows = [{"phase": n, "ms": s * 1e3} for n, s in phases]
     print(f"| phase (d={args.d}, P={P}, k={args.k}, {torch.cuda.get_device_name()}) | ms |\n|---|---:|")
     for r in rows:

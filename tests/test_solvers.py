@@ -260,6 +260,8 @@ def test_refined_converges_from_a_low_precision_preconditioner(make_jacobian, de
                                                regions.background_weights(torch.float64)[0], 16, 1e-3, "mean",
                                                precision=precision)
     assert info["passes_over_J"] <= 6, info
+    assert info["residual_history"][-1] == float(residuals.max()) and len(info["residual_history"]) == \
+        info["iterations"] + 1
     assert_matches_reference(values, canonical_directions(n), ref_values, ref_directions, torch.float64, ref_next)
     assert float(residuals.max()) <= default_tolerance(torch.float64)
 
@@ -295,6 +297,10 @@ def test_exact_products_are_float64_whatever_the_chunking(make_jacobian):
         Y_alone, F_alone, B_alone = exact_products(J, Z, None, b, chunk_bytes=chunk_bytes)  # background only
         assert F_alone is None and torch.equal(Y_alone, Y)
         torch.testing.assert_close(B_alone, B, rtol=1e-12, atol=1e-12)  # a narrower GEMM: rounding only
+    Y, F, B = exact_products(Jd, Z, m, b)  # a float64 J: whole GEMMs, no chunks
+    torch.testing.assert_close(Y, Jd @ Z, rtol=1e-13, atol=0)
+    torch.testing.assert_close(F, Jd.T @ (m[:, None] * (Jd @ Z)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(B, Jd.T @ (b[:, None] * (Jd @ Z)), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("small_chunks", [False, True])
@@ -309,7 +315,8 @@ def test_pencil_products_from_foreground_rows_equal_all_rows(make_jacobian, monk
     m = rf.box_mask((8, 12, 6, 9), (20, 30)).reshape(-1).double()
     b = 1 - m
     Z = torch.randn(50, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    pencil = refined._Pencil(J, m, b, 1 / m.sum(), 1 / b.sum(), torch.tensor(0.25, dtype=torch.float64))
+    pencil = refined._Pencil(J, m, b, 1 / m.sum(), 1 / b.sum(), torch.tensor(0.25, dtype=torch.float64),
+                             torch.nonzero(m).flatten())
     assert (pencil.J_f is None) == small_chunks
     Y, F, B = pencil.images(Z)
     Jd = J.double()
@@ -328,6 +335,112 @@ def test_blocked_cholesky_solves_equal_triangular_solves(device, block):
     torch.testing.assert_close(factor.solve_lower(R), torch.linalg.solve_triangular(L, R, upper=False))
     torch.testing.assert_close(factor.solve_upper(R), torch.linalg.solve_triangular(L.T, R, upper=True))
     torch.testing.assert_close(factor.solve(R), torch.cholesky_solve(R, L))
+
+
+def test_tf32_split_is_exact():
+    """``hi + lo`` is the input exactly, ``hi`` has TF32's 10-bit mantissa, ``lo`` is below its last bit."""
+    from resefa_fast.solve.refined import _tf32_split
+
+    A = torch.randn(64, 50, generator=torch.Generator().manual_seed(4)) * torch.logspace(-20, 20, 50, base=2)
+    hi, lo = _tf32_split(A)
+    assert torch.equal(hi + lo, A)
+    assert int((hi.view(torch.int32) & 0x1FFF).abs().max()) == 0
+    assert bool((lo.abs() <= A.abs() * 2.0 ** -10).all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 tensor cores are a GPU feature")
+def test_split_tf32_products_are_nearly_float32():
+    """Three TF32 GEMMs of the split operands: within 1e-5 of the float64 product (one TF32 GEMM: ~1e-3)."""
+    from resefa_fast.solve.refined import matmul_split_tf32
+
+    generator = torch.Generator().manual_seed(6)
+    A = torch.randn(700, 900, generator=generator, dtype=torch.float64)
+    B = torch.randn(900, 300, generator=generator, dtype=torch.float64)
+    exact = A @ B
+    product = matmul_split_tf32(A.float().cuda(), B.float().cuda()).double().cpu()
+    assert float((product - exact).norm() / exact.norm()) < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 tensor cores are a GPU feature")
+def test_split_tf32_block_substitution_is_nearly_float32():
+    generator = torch.Generator().manual_seed(7)
+    A = torch.randn(300, 320, generator=generator, dtype=torch.float64)
+    L = torch.linalg.cholesky(A @ A.T / 320 + 0.1 * torch.eye(300, dtype=torch.float64))
+    R = torch.randn(300, 100, generator=generator, dtype=torch.float64)
+    exact = torch.linalg.solve_triangular(L, R, upper=False)
+    X = BlockedCholesky(L.float().cuda(), block=64).solve_lower(R.float().cuda(), split_tf32=True).double().cpu()
+    assert float((X - exact).norm() / exact.norm()) < 1e-5
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and rf.backend_info()["extension"]["available"]),
+                    reason="needs the CUDA extension on a GPU")
+def test_refined_operands_from_the_fused_kernel_equal_torch_ops(make_jacobian, monkeypatch):
+    """The extension's one-pass operands give the same approximate Gram (bit for bit), float64 rows and energies
+    as the torch-ops passes."""
+    from resefa_fast.solve import refined
+
+    J = make_jacobian((40, 50), 300, seed=12, device="cuda").reshape(-1, 300) * 1e-3
+    root = torch.rand(2000, generator=torch.Generator().manual_seed(2)).cuda()
+    root[:700] = 1
+    fused = refined._operands(J, root, "float16")
+    monkeypatch.setattr(refined, "extension_status", lambda: {"available": False})
+    plain = refined._operands(J, root, "float16")
+    assert torch.equal(fused[0], plain[0]) and torch.equal(fused[1], plain[1])
+    torch.testing.assert_close(fused[2], plain[2], rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("decay", [1.02, 1.5])
+def test_top_subspace_finds_the_top_eigenvectors(device, decay):
+    """Fixed subspace iteration with a QR after each product: the top eigenvectors of a PSD matrix with a slowly or a
+    fast decaying spectrum (λ_i = decay^-i, 1.5^-32 ≈ 2e-6: without the QRs float32 powers would lose the tail)."""
+    from resefa_fast.solve.refined import _top_subspace
+
+    generator = torch.Generator().manual_seed(3)
+    n, q = 600, 32
+    Q = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64)).Q
+    values = decay ** -torch.arange(n, dtype=torch.float64)
+    S = (Q * values) @ Q.T
+    U = _top_subspace(S.float().to(device), q).double().cpu()
+    assert torch.allclose(U.T @ U, torch.eye(q, dtype=torch.float64), atol=1e-5)
+    top = 8 if decay > 1.1 else 4  # those separated from the rest by a gap the 6 powers resolve
+    cosines = (Q[:, :top].T @ U[:, :top]).diagonal().abs()
+    assert float(cosines.min()) > 0.999, cosines
+
+
+def test_tf32_context_restores_the_flag():
+    from resefa_fast.solve.refined import _tf32_matmuls
+
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for before in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = before
+            with _tf32_matmuls(True):
+                assert torch.backends.cuda.matmul.allow_tf32
+            assert torch.backends.cuda.matmul.allow_tf32 == before
+            with _tf32_matmuls(False):  # never turns a user's TF32 off
+                assert torch.backends.cuda.matmul.allow_tf32 == before
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("weights", ["box", "soft", "mostly soft", "all ones"])
+def test_row_scaling_of_only_the_rows_that_change_is_exact(device, weights):
+    """Scaling only the rows whose scale is not 1 (index ops) and scaling every row give the same float16 bits."""
+    from resefa_fast.gram import _scale_rows
+
+    generator = torch.Generator().manual_seed(5)
+    H = torch.randn(400, 24, generator=generator).to(device=device, dtype=torch.float16)
+    scale = torch.ones(400)
+    if weights == "box":
+        scale[100:160] = 0
+    elif weights == "soft":
+        scale[50:90] = torch.rand(40, generator=generator)
+    elif weights == "mostly soft":  # more than a quarter of the rows: the whole-matrix path
+        scale[:300] = torch.rand(300, generator=generator)
+    scale = scale.to(device=device, dtype=torch.float16)
+    expected = H * scale[:, None]
+    _scale_rows(H, scale)
+    assert torch.equal(H, expected)
 
 
 # --- block_krylov_svd: randomized block Krylov truncated SVD (issue 4) ---
