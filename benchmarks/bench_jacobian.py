@@ -7,7 +7,9 @@ resize to 256, channel sum). Rows, for w (d = 512) and W+ (d = 9,216):
 - ``forward (floor)``: a plain batched forward pass, images/s (the cost a tangent is compared with);
 - ``ours``: ``resefa_fast.jacobian`` with layer skip off, ``ours + layer skip`` (W+ only: tangent groups start
   at the first stage reading their row) and ``ours + layer skip by row`` (the generator takes W+ as a tuple of rows,
-  so only the perturbed row carries a tangent: ``StagedGenerator.accepts_ws_rows``);
+  so only the perturbed row carries a tangent: ``StagedGenerator.accepts_ws_rows``; with a generator that has
+  ``row_jvp`` -- StyleGAN2 -- its explicit tangents) and, for such a generator, ``ours + layer skip by row,
+  torch.func tangents`` (the same with ``engine.EXPLICIT_TANGENTS = False``: ``vmap(jvp)`` of the row);
 - ``ours bf16`` (with --precision-study): the reduced-precision tangent mode, its J / Gram / direction errors;
 - ``jacfwd``: ``torch.func.jacfwd`` of the same function, k columns per call (it has no chunk_size argument);
 - ``reverse``: ``torch.func.jacrev(chunk_size=k)``, one VJP per analysed pixel (the original's approach).
@@ -38,7 +40,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from resefa_fast.jacobian import is_staged, jacobian, readouts, synthesize  # noqa: E402
+from resefa_fast.jacobian import engine, is_staged, jacobian, readouts, synthesize  # noqa: E402
 from resefa_fast.jacobian.engine import _is_oom  # noqa: E402
 from resefa_fast.jacobian.toy import ToyGenerator  # noqa: E402
 
@@ -251,12 +253,18 @@ def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
 
     rows = []
     by_row = hasattr(G, "accepts_ws_rows")  # a generator that can take W+ as a tuple of rows
-    variants = [("ours", False, False)] + ([("ours + layer skip", True, False)] if space == "wplus" else []) + (
-        [("ours + layer skip by row", True, True)] if space == "wplus" and by_row else [])
-    for name, skip, rows_on in variants:
+    explicit = by_row and callable(getattr(G, "row_jvp", None))  # the generator's own W+ row tangents
+    # (name, layer skip, W+ by rows, explicit tangents where the engine can use them)
+    variants = [("ours", False, False, True)] + (
+        [("ours + layer skip", True, False, True)] if space == "wplus" else []) + (
+        [("ours + layer skip by row", True, True, True)] if space == "wplus" and by_row else []) + (
+        [("ours + layer skip by row, torch.func tangents", True, True, False)] if space == "wplus" and explicit
+        else [])
+    for name, skip, rows_on, explicit_on in variants:
         info = {}
         if by_row:
             G.accepts_ws_rows = rows_on  # W+ as a tuple of rows: one row carries the tangent (StagedGenerator)
+        engine.EXPLICIT_TANGENTS = explicit_on
 
         def run(skip=skip, info=info):
             J, info["run"] = jacobian(G, latent, readout=readout, columns=sample, chunk_size=args.chunk_size,
@@ -267,8 +275,10 @@ def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
         stats = info.get("run")
         if stats is not None:
             row.update(chunk_size=stats.chunk_size, splits=stats.splits, stage_runs=stats.stage_runs,
-                       stage_runs_without_skip=stats.stage_runs_without_skip)
+                       stage_runs_without_skip=stats.stage_runs_without_skip,
+                       explicit_tangents=stats.explicit_tangents, sampled_stride=stats.sampled_stride)
         rows.append(row)
+    engine.EXPLICIT_TANGENTS = True
     if by_row:
         G.accepts_ws_rows = False
 

@@ -439,14 +439,13 @@ def test_automatic_chunk_size_from_free_memory(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: fake["peak"])
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 10 ** 9))
 
-    def columns(evaluate, x, cols):
+    def columns(x, cols):
         if cols.numel() > 70:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         fake["peak"] = fixed + per * cols.numel()
         return torch.zeros(cols.numel(), 3)
-    monkeypatch.setattr(engine, "jvp_columns", columns)
     chunker = engine._Chunker(None, torch.device("cuda"), 1000)
-    sizes = [cols.numel() for cols, _ in chunker.run(None, None, torch.arange(1000))]
+    sizes = [cols.numel() for cols, _ in chunker.run(columns, None, torch.arange(1000))]
     planned = int((engine.MEMORY_FRACTION * free - fixed) // per)  # 75
     assert sizes[:2] == [2, 4] and chunker.splits == 1 and set(sizes[2:-1]) == {planned // 2} and sum(sizes) == 1000
 

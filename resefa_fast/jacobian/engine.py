@@ -48,6 +48,10 @@ MEMORY_FRACTION = 0.8
 #: Compute a staged generator's last stage only at the pixels the readout reads, when both declare it
 #: (``readouts.Readout.sampling`` and ``StagedGenerator.run_last_stage_sampled``). False: always the full image.
 SAMPLE_LAST_STAGE = True
+#: Use a staged generator's explicit tangents of one W+ row (``row_jvp``, StyleGAN2) instead of ``vmap(jvp)`` on the
+#: row-wise layer-skip path, in the "float32" and "tf32" modes (the reduced-precision modes keep torch.func's, whose
+#: error was measured). False: always torch.func.
+EXPLICIT_TANGENTS = True
 
 
 @dataclass
@@ -56,7 +60,8 @@ class JacobianInfo:
     ``stage_runs`` / ``stage_runs_without_skip`` (tangent × stage evaluations with and without layer skip; equal
     for generic callables, which count as one stage), ``groups`` (first stage -> number of tangents),
     ``sampled_stride`` (the last stage computed only at rows / columns ``0, s, 2s, ...`` of the image because the
-    readout reads only those; 1: the full image)."""
+    readout reads only those; 1: the full image), ``explicit_tangents`` (the generator's own ``row_jvp`` made the
+    W+ row tangents, not ``vmap(jvp)``)."""
     chunk_size: int = 0
     splits: int = 0
     seconds: float = 0.0
@@ -66,19 +71,29 @@ class JacobianInfo:
     groups: Dict[int, int] = field(default_factory=dict)
     chunk_sizes: List[int] = field(default_factory=list)
     sampled_stride: int = 1
+    explicit_tangents: bool = False
 
 
 @dataclass
 class _Group:
     """Tangents that start at the same stage: latent columns ``offset + local`` (``local`` ``[k]``), differentiated
     as ``evaluate(primal) -> pixels [C, H, W]`` where ``primal`` is the whole latent or (row-wise layer skip) the
-    one W+ row the group perturbs, and ``local`` indexes ``primal`` flattened."""
+    one W+ row the group perturbs, and ``local`` indexes ``primal`` flattened. ``tangents``, when given, maps k
+    tangents of ``primal`` ``[k, *primal.shape]`` to the pixels' tangents ``[k, P]`` directly (a generator's
+    ``row_jvp``), in place of ``vmap(jvp)`` of ``evaluate``."""
     start: int
     local: torch.Tensor
     evaluate: Callable[[torch.Tensor], torch.Tensor]
     stages: int  # stages each tangent of the group runs
     primal: Optional[torch.Tensor] = None  # None: the latent itself
     offset: int = 0
+    tangents: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+    def columns(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Columns ``cols`` ``[k]`` of the group's Jacobian at ``x``: ``[k, P]``."""
+        if self.tangents is None:
+            return jvp_columns(self.evaluate, x, cols)
+        return self.tangents(_one_hot(x, cols))
 
 
 def jacobian(
@@ -151,13 +166,15 @@ def jacobian(
         if stride > 1:  # the readout is tail(image[..., ::stride, ::stride]): the last stage makes only those pixels
             read = _pixels(tail)
         plain = _plain_staged(fn, read, stride)
+        explicit = (skip and EXPLICIT_TANGENTS and precision in ("float32", "tf32")
+                    and getattr(fn, "accepts_ws_rows", False) and callable(getattr(fn, "row_jvp", None)))
     else:
         check(layer_skip != True, "layer_skip", "False or 'auto' for a callable without the "  # noqa: E712
               "StagedGenerator protocol", layer_skip)
-        skip, stride = False, 1
+        skip, stride, explicit = False, 1, False
         plain = lambda x: read(fn(x))  # noqa: E731
 
-    info = JacobianInfo(layer_skip=skip, sampled_stride=stride)
+    info = JacobianInfo(layer_skip=skip, sampled_stride=stride, explicit_tangents=explicit)
     # the checks test properties of fn (determinism, dependence, finiteness), so they run in float32 whatever the
     # requested precision: under tf32 two calls may pick cuDNN algorithms that round differently by ~1e-3
     with _precision("float32", device), torch.no_grad():
@@ -168,7 +185,7 @@ def jacobian(
         try:
             target.begin(len(latents), grid, wanted.numel(), device, dtype)
             for n, x in enumerate(latents):
-                groups = _staged_groups(fn, x, read, stride) if skip else [
+                groups = _staged_groups(fn, x, read, stride, explicit) if skip else [
                     _Group(0, torch.arange(d), plain, fn.num_stages if staged else 1)]
                 for group in groups:
                     local = group.local[position[group.local + group.offset] >= 0]
@@ -176,7 +193,7 @@ def jacobian(
                         continue
                     info.groups[group.start] = info.groups.get(group.start, 0) + local.numel()
                     primal = x if group.primal is None else group.primal
-                    for cols, block in chunks.run(group.evaluate, primal, local):
+                    for cols, block in chunks.run(group.columns, primal, local):
                         cols = cols + group.offset
                         if not bool(torch.isfinite(block).all()):
                             raise ResefaError(f"`fn` must give finite outputs; its JVP has NaN/Inf in latent code "
@@ -230,11 +247,16 @@ def _column_positions(columns, d: int) -> Tuple[torch.Tensor, torch.Tensor]:
 def jvp_columns(evaluate: Callable, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Columns ``cols`` ``[k]`` of the Jacobian of ``evaluate`` at ``x``: ``[k, P]`` (row i = ∂evaluate/∂x_cols[i]).
     One ``vmap(jvp)`` call: the primal once, the k one-hot tangents ``t_x`` as a batch."""
+    t_x = _one_hot(x, cols)
+    return vmap(lambda t: jvp(evaluate, (x,), (t,))[1])(t_x).reshape(cols.numel(), -1)
+
+
+def _one_hot(x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """The one-hot tangents ``[k, *x.shape]`` of ``x``'s flattened dimensions ``cols`` ``[k]``."""
     k = cols.numel()
     t_x = torch.zeros(k, x.numel(), dtype=x.dtype, device=x.device)
     t_x[torch.arange(k, device=x.device), cols.to(x.device)] = 1
-    t_x = t_x.reshape(k, *x.shape)
-    return vmap(lambda t: jvp(evaluate, (x,), (t,))[1])(t_x).reshape(k, -1)
+    return t_x.reshape(k, *x.shape)
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -252,7 +274,8 @@ class _Chunker:
         self.size = size if size is not None else (2 if self.measure else min(CPU_CHUNK, dim))
         self.peaks: List[Tuple[int, int]] = []
 
-    def run(self, evaluate, x, columns):
+    def run(self, columns_of, x, columns):
+        """Yield ``(cols, columns_of(x, cols))`` chunk by chunk over ``columns``."""
         i = 0
         while i < columns.numel():
             k = min(self.size, columns.numel() - i)
@@ -262,7 +285,7 @@ class _Chunker:
                 base = torch.cuda.memory_allocated(self.device)
                 torch.cuda.reset_peak_memory_stats(self.device)
             try:
-                block = jvp_columns(evaluate, x, cols)
+                block = columns_of(x, cols)
             except Exception as error:
                 if not _is_oom(error):
                     raise
@@ -342,13 +365,15 @@ def _plain_staged(generator, read, stride: int = 1):
     return evaluate
 
 
-def _staged_groups(generator, ws: torch.Tensor, read, stride: int = 1) -> List[_Group]:
+def _staged_groups(generator, ws: torch.Tensor, read, stride: int = 1, explicit: bool = False) -> List[_Group]:
     """Tangent groups of W+ ``ws`` ``[L, w_dim]`` by first stage, each evaluating from the cached primal state
     entering its stage (so its state tangent is zero there). ``stride`` as in :func:`_plain_staged`.
 
     A generator with ``accepts_ws_rows = True`` gets one group per W+ row l, and ``run_stage`` receives W+ as a
     tuple of rows ``[1, w_dim]`` in which only row l carries the tangent: the layers that read other rows (their
-    styles, demodulation, the convolutions before the first layer reading l) then run without a tangent at all."""
+    styles, demodulation, the convolutions before the first layer reading l) then run without a tangent at all.
+    With ``explicit`` the generator's ``row_jvp`` makes each row's image tangents, and torch.func differentiates only
+    the readout."""
     first = first_stages(generator)
     cache = primal_states(generator, ws[None], sorted(set(first)))
     groups = []
@@ -358,8 +383,14 @@ def _staged_groups(generator, ws: torch.Tensor, read, stride: int = 1) -> List[_
             def evaluate(w_row, s=s, row=row):
                 return read(synthesize(generator, tuple(rows[:row]) + (w_row[None],) + tuple(rows[row + 1:]), s,
                                        cache[s], stride=stride))
+            tangents = None
+            if explicit:
+                def tangents(t, s=s, row=row):
+                    image, image_tangents = generator.row_jvp(row, s, cache[s], tuple(rows), t, stride=stride)
+                    pixels = vmap(lambda dimage: jvp(read, (image,), (dimage,))[1])(image_tangents[:, None])
+                    return pixels.reshape(t.shape[0], -1)
             groups.append(_Group(s, torch.arange(generator.w_dim), evaluate, generator.num_stages - s,
-                                 primal=ws[row], offset=row * generator.w_dim))
+                                 primal=ws[row], offset=row * generator.w_dim, tangents=tangents))
         return groups
     for s in sorted(set(first)):
         rows = torch.tensor([row for row, f in enumerate(first) if f == s])

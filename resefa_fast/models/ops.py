@@ -15,14 +15,15 @@ Conventions (those of the official code):
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["setup_filter", "upfirdn2d", "upsample2d", "conv2d_resample", "bias_act", "modulated_conv2d",
-           "normalize_2nd_moment", "LRELU_GAIN", "DEMODULATION_EPS"]
+__all__ = ["setup_filter", "upfirdn2d", "upsample2d", "conv2d_resample", "bias_act", "bias_act_jvp",
+           "modulated_conv2d", "modulated_conv2d_jvp", "normalize_2nd_moment", "LRELU_GAIN", "DEMODULATION_EPS"]
 
 #: Gain of the leaky ReLU (slope 0.2) in StyleGAN2: √2 keeps the activations' second moment.
 LRELU_GAIN = math.sqrt(2.0)
@@ -88,15 +89,45 @@ def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "l
              clamp: Optional[float] = None) -> torch.Tensor:
     """``clamp(act(x + bias) · gain, -clamp, clamp)``; ``bias`` ``[C]`` on dim 1; ``activation`` "linear" or
     "lrelu" (slope 0.2). The order is the official one."""
+    return bias_act_jvp(x, None, bias, activation, gain, clamp)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _clamp_passes_bounds() -> bool:
+    """Whether torch's derivative of ``clamp`` is 1 at the bounds themselves (torch 2.14: 0); asked once, so that
+    :func:`bias_act_jvp` agrees with ``torch.func.jvp`` everywhere, not only almost everywhere."""
+    at_bounds = torch.tensor([-1.0, 1.0])
+    return bool(torch.func.jvp(lambda v: v.clamp(-1.0, 1.0), (at_bounds,), (torch.ones(2),))[1].all())
+
+
+def bias_act_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                 activation: str = "linear", gain: float = 1.0, clamp: Optional[float] = None):
+    """:func:`bias_act` of a primal ``x`` ``[1, C, H, W]`` and its forward-mode tangents ``dx`` ``[k, C, H, W]``
+    (None: no tangent): ``(y, dy)``. ``dy = dx · M`` with one mask ``M`` from the primal (leaky ReLU slope, gain,
+    clamp), the derivatives torch's own forward-mode rules use (slope 0.2 at 0; at the clamp's bounds
+    whatever torch's version does)."""
     if bias is not None:
         x = x + bias.reshape([1, -1] + [1] * (x.ndim - 2))
+    slope = None
     if activation == "lrelu":
+        if dx is not None:
+            slope = torch.where(x > 0, 1.0, 0.2).to(x.dtype)
         x = F.leaky_relu(x, 0.2)
     if gain != 1:
         x = x * gain
+    inside = None
     if clamp is not None:
+        if dx is not None:
+            inside = (x >= -clamp) & (x <= clamp) if _clamp_passes_bounds() else (x > -clamp) & (x < clamp)
         x = x.clamp(-clamp, clamp)
-    return x
+    if dx is None:
+        return x, None
+    mask = slope if gain == 1 or slope is None else slope * gain
+    if mask is None and gain != 1:
+        mask = torch.full_like(x, gain)
+    if inside is not None:
+        mask = inside.to(x.dtype) if mask is None else mask * inside
+    return x, dx if mask is None else dx * mask
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
@@ -109,15 +140,50 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     equal to ``[..., ::stride, ::stride]`` of the full output): the modulation scales input channels and the
     demodulation output channels, so only the convolution is strided. ``noise`` must then be sampled alike
     (e.g. ``noise[..., ::stride, ::stride]``)."""
-    x = conv2d_resample(x * styles[:, :, None, None], weight, f=f, up=up, padding=weight.shape[-1] // 2,
-                        stride=stride)
+    return modulated_conv2d_jvp(x, None, weight, styles, None, demodulate, up, f, noise, stride)[0]
+
+
+def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: torch.Tensor, styles: torch.Tensor,
+                         dstyles: Optional[torch.Tensor], demodulate: bool = True, up: int = 1,
+                         f: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None, stride: int = 1):
+    """:func:`modulated_conv2d` of one primal (``x`` ``[1, I, H, W]``, ``styles`` ``[1, I]``) and its forward-mode
+    tangents ``dx`` ``[k, I, H, W]`` and ``dstyles`` ``[k, I]`` (either None: zero): ``(y, dy)``.
+
+    Written for many tangents at one primal: the primal styles and demodulation are folded into the weight, so the
+    tangent of the input costs one convolution of ``dx`` (no per-tangent scaling passes); the tangent of the styles
+    is ``conv(x · ds)`` (one convolution of the primal with k stacked weights ``W · ds`` when the weight is smaller
+    than an input image, else k scaled copies of x) plus the demodulation's derivative
+    ``δd = −d³ ((s · ds) Σ_k W²ᵀ)``."""
+    conv = lambda inputs, w: conv2d_resample(inputs, w, f=f, up=up, padding=w.shape[-1] // 2,  # noqa: E731
+                                             stride=stride)
+    u = conv(x * styles[:, :, None, None], weight)
+    d = None
     if demodulate:
         # d_o = (Σ_i s_i² Σ_k W_oik² + ε)^-1/2: the norm of the modulated weight without forming it per sample
-        d = torch.rsqrt(styles.square() @ weight.square().sum(dim=(2, 3)).T + DEMODULATION_EPS)  # [B, O]
-        x = x * d[:, :, None, None]
+        energy = weight.square().sum(dim=(2, 3))  # [O, I]
+        d = torch.rsqrt(styles.square() @ energy.T + DEMODULATION_EPS)  # [B, O]
+    y = u if d is None else u * d[:, :, None, None]
     if noise is not None:
-        x = x + noise
-    return x
+        y = y + noise
+    if dx is None and dstyles is None:
+        return y, None
+    out_scale = 1.0 if d is None else d[0][:, None, None, None]
+    dy = None
+    if dx is not None:  # conv(dx · s) · d = conv(dx, W · s · d)
+        dy = conv(dx, weight * styles[0][None, :, None, None] * out_scale)
+    if dstyles is not None:
+        k, (channels_out, channels_in) = dstyles.shape[0], weight.shape[:2]
+        if weight[0].numel() <= x[0].numel():  # k stacked weights W · ds: x is read once
+            stacked = (weight[None] * dstyles[:, None, :, None, None]).reshape(k * channels_out, channels_in,
+                                                                              *weight.shape[2:])
+            du = conv(x, stacked).reshape(k, channels_out, *u.shape[2:])
+        else:  # small images, large weights (the low-resolution blocks)
+            du = conv(x * dstyles[:, :, None, None], weight)
+        if d is not None:
+            dd = -d.pow(3) * ((styles * dstyles) @ energy.T)  # [k, O]
+            du = du * d[:, :, None, None] + u * dd[:, :, None, None]
+        dy = du if dy is None else dy + du
+    return y, dy
 
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -63,6 +63,12 @@ class FullyConnectedLayer(nn.Module):
         x = x @ w.T
         return ops.bias_act(x, b, self.activation, gain=ops.LRELU_GAIN if self.activation == "lrelu" else 1.0)
 
+    def linear_tangent(self, dx: torch.Tensor) -> torch.Tensor:
+        """The forward-mode tangent ``dx @ (W · lr/√in)ᵀ`` ``[k, out]`` of a linear layer (the styles' affines)."""
+        check(self.activation == "linear", "activation", "'linear' for a tangent independent of the primal",
+              self.activation)
+        return dx @ (self.weight * self.weight_gain).T
+
 
 class MappingNetwork(nn.Module):
     """z ``[B, z_dim]`` (+ label c ``[B, c_dim]``) -> W+ ``[B, num_ws, w_dim]`` (w repeated on every row, then
@@ -121,6 +127,13 @@ class SynthesisLayer(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const", gain: float = 1.0,
                 stride: int = 1) -> torch.Tensor:
         """``stride`` > 1: the output only at rows / columns ``0, stride, ...`` (``[..., ::stride, ::stride]``)."""
+        return self.forward_jvp(x, w, None, None, noise_mode, gain, stride)[0]
+
+    def forward_jvp(self, x: torch.Tensor, w: torch.Tensor, dx: Optional[torch.Tensor], dw: Optional[torch.Tensor],
+                    noise_mode: str = "const", gain: float = 1.0, stride: int = 1):
+        """``(y, dy)``: the layer at one primal (``x`` ``[1, I, ...]``, ``w`` ``[1, w_dim]``) and the forward-mode
+        tangents ``dy`` ``[k, O, ...]`` of tangents ``dx`` ``[k, I, ...]`` and ``dw`` ``[k, w_dim]`` (None: zero;
+        both None: ``dy`` None and the primal computed exactly as :meth:`forward`)."""
         styles = self.affine(w)  # [B, I]
         noise = None
         if self.use_noise and noise_mode == "random":
@@ -130,10 +143,11 @@ class SynthesisLayer(nn.Module):
             noise = self.noise_const * self.noise_strength
         if noise is not None and stride > 1:
             noise = noise[..., ::stride, ::stride]
-        x = ops.modulated_conv2d(x, self.weight, styles, demodulate=True, up=self.up, f=self.resample_filter,
-                                 noise=noise, stride=stride)
+        dstyles = None if dw is None else self.affine.linear_tangent(dw)
+        x, dx = ops.modulated_conv2d_jvp(x, dx, self.weight, styles, dstyles, demodulate=True, up=self.up,
+                                         f=self.resample_filter, noise=noise, stride=stride)
         clamp = None if self.conv_clamp is None else self.conv_clamp * gain
-        return ops.bias_act(x, self.bias, "lrelu", gain=ops.LRELU_GAIN * gain, clamp=clamp)
+        return ops.bias_act_jvp(x, dx, self.bias, "lrelu", gain=ops.LRELU_GAIN * gain, clamp=clamp)
 
 
 class ToRGBLayer(nn.Module):
@@ -149,9 +163,14 @@ class ToRGBLayer(nn.Module):
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size * kernel_size)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.forward_jvp(x, w, None, None)[0]
+
+    def forward_jvp(self, x: torch.Tensor, w: torch.Tensor, dx: Optional[torch.Tensor], dw: Optional[torch.Tensor]):
+        """``(y, dy)`` as :meth:`SynthesisLayer.forward_jvp`."""
         styles = self.affine(w) * self.weight_gain
-        x = ops.modulated_conv2d(x, self.weight, styles, demodulate=False)
-        return ops.bias_act(x, self.bias, clamp=self.conv_clamp)
+        dstyles = None if dw is None else self.affine.linear_tangent(dw) * self.weight_gain
+        x, dx = ops.modulated_conv2d_jvp(x, dx, self.weight, styles, dstyles, demodulate=False)
+        return ops.bias_act_jvp(x, dx, self.bias, clamp=self.conv_clamp)
 
 
 class Conv2dLayer(nn.Module):
@@ -204,28 +223,45 @@ class SynthesisBlock(nn.Module):
         """``ws``: W+ (tensor or tuple of rows); this block reads rows ``first ..``. Returns ``(x, img)``.
         ``stride`` > 1 (``resolution`` divisible by it): both only at rows / columns ``0, stride, ...`` (conv0 runs
         full; conv1, the skip branches and toRGB sampled), i.e. ``[..., ::stride, ::stride]`` of the full result."""
-        row = first
+        return self.forward_jvp(x, img, ws, first, noise_mode, stride)[:2]
+
+    def forward_jvp(self, x, img, ws, first: int, noise_mode: str = "const", stride: int = 1, dx=None, dimg=None,
+                    row: Optional[int] = None, dw: Optional[torch.Tensor] = None):
+        """``(x, img, dx, dimg)``: :meth:`forward` at one primal and the forward-mode tangents of its outputs, for
+        tangents ``dx``, ``dimg`` of its inputs and ``dw`` ``[k, w_dim]`` of W+ row ``row`` (None: zero)."""
+        def row_tangent(r):
+            return dw if r == row else None
+
+        r = first
         if self.in_channels == 0:
-            w = _row(ws, row)
+            w = _row(ws, r)
             x = self.const[None].expand(w.shape[0], -1, -1, -1).to(w.dtype)
-            x = self.conv1(x, w, noise_mode, stride=stride)
-            row += 1
+            x, dx = self.conv1.forward_jvp(x, w, None, row_tangent(r), noise_mode, stride=stride)
+            r += 1
         elif self.architecture == "resnet":
             y = self.skip(x, gain=math.sqrt(0.5), stride=stride)
-            x = self.conv0(x, _row(ws, row), noise_mode)
-            x = self.conv1(x, _row(ws, row + 1), noise_mode, gain=math.sqrt(0.5), stride=stride)
-            x = y + x
-            row += 2
+            dy = None if dx is None else self.skip(dx, gain=math.sqrt(0.5), stride=stride)
+            x, dx = self.conv0.forward_jvp(x, _row(ws, r), dx, row_tangent(r), noise_mode)
+            x, dx = self.conv1.forward_jvp(x, _row(ws, r + 1), dx, row_tangent(r + 1), noise_mode,
+                                           gain=math.sqrt(0.5), stride=stride)
+            x, dx = y + x, _add(dy, dx)
+            r += 2
         else:
-            x = self.conv0(x, _row(ws, row), noise_mode)
-            x = self.conv1(x, _row(ws, row + 1), noise_mode, stride=stride)
-            row += 2
+            x, dx = self.conv0.forward_jvp(x, _row(ws, r), dx, row_tangent(r), noise_mode)
+            x, dx = self.conv1.forward_jvp(x, _row(ws, r + 1), dx, row_tangent(r + 1), noise_mode, stride=stride)
+            r += 2
         if img is not None:
             img = ops.upsample2d(img, self.resample_filter, stride=stride)
+            dimg = None if dimg is None else ops.upsample2d(dimg, self.resample_filter, stride=stride)
         if self.num_torgb:
-            y = self.torgb(x, _row(ws, row))
-            img = y if img is None else img + y
-        return x, img
+            y, dy = self.torgb.forward_jvp(x, _row(ws, r), dx, row_tangent(r))
+            img, dimg = (y, dy) if img is None else (img + y, _add(dimg, dy))
+        return x, img, dx, dimg
+
+
+def _add(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``a + b`` for tangents where None is zero."""
+    return b if a is None else a if b is None else a + b
 
 
 class SynthesisNetwork(nn.Module):
@@ -281,6 +317,27 @@ class SynthesisNetwork(nn.Module):
         for i in range(self.num_stages):
             state = self.run_stage(i, state, ws, noise_mode)
         return state
+
+    def row_jvp(self, row: int, start: int, state: Any, ws, dw: torch.Tensor, noise_mode: Optional[str] = None,
+                stride: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(image [1, C, R/stride, R/stride], tangents [k, C, R/stride, R/stride])``: the image from stage
+        ``start`` on (``state`` the primal state entering it; ``ws`` one W+ code) and its forward-mode tangents for
+        tangents ``dw`` ``[k, w_dim]`` of W+ row ``row``, which no stage before ``start`` may read. The tangents
+        are propagated explicitly, layer by layer, with the primal styles and demodulation folded into each
+        convolution's weight (``ops.modulated_conv2d_jvp``) and the activations' derivatives in one mask: the
+        values of ``torch.func.jvp`` to float rounding, in fewer passes over the tangents."""
+        noise_mode = self.noise_mode if noise_mode is None else noise_mode
+        check(0 <= start < self.num_stages and self._rows[start][0] <= row, "start",
+              f"a stage in [0, {self.num_stages}) that W+ row {row} is not read before", start)
+        x, img = state if isinstance(state, tuple) else (state, None)
+        dx = dimg = None
+        for i in range(start, self.num_stages):
+            block = getattr(self, f"b{self.block_resolutions[i]}")
+            s = stride if i == self.num_stages - 1 else 1
+            x, img, dx, dimg = block.forward_jvp(x, img, ws, self._rows[i][0], noise_mode, s, dx, dimg, row, dw)
+        if dimg is None:  # no layer from `start` on reads the row
+            dimg = torch.zeros((dw.shape[0],) + tuple(img.shape[1:]), dtype=img.dtype, device=img.device)
+        return img, dimg
 
 
 class StyleGANSurface:
@@ -362,6 +419,12 @@ class StyleGAN2Generator(StyleGANSurface, nn.Module):
     def image_shape(self) -> Tuple[int, int, int]:
         """``(img_channels, R, R)``: the shape of one image."""
         return (self.img_channels, self.img_resolution, self.img_resolution)
+
+    def row_jvp(self, row: int, start: int, state: Any, ws, dw: torch.Tensor,
+                stride: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Explicit forward-mode tangents of one W+ row (StagedGenerator's optional extension; see
+        ``SynthesisNetwork.row_jvp``)."""
+        return self.synthesis.row_jvp(row, start, state, ws, dw, stride=stride)
 
     def run_last_stage_sampled(self, state: Any, ws, stride: int) -> torch.Tensor:
         """The last stage (block) from ``state`` producing the image only at rows / columns ``0, stride, ...``:

@@ -1,0 +1,139 @@
+"""Explicit forward-mode tangents (``ops.*_jvp``, ``StyleGAN2Generator.row_jvp``, the engine's
+``EXPLICIT_TANGENTS``): the values of ``torch.func.jvp`` to float32 rounding, with the primal bit for bit."""
+import pytest
+import torch
+from torch.func import jvp, vmap
+
+from resefa_fast.jacobian import engine, jacobian, readouts
+from resefa_fast.jacobian.staged import first_stages, primal_states, synthesize
+from resefa_fast.models import ops
+
+from conftest import relative_error
+from test_sampled_readout import generator
+
+#: Explicit vs torch.func tangents: the same products summed in another order (weights folded), float32 rounding.
+SAME_RTOL = 1e-6
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def func_tangents(f, x, tangents):
+    """``vmap(jvp)`` of ``f`` at ``x`` for a batch of tangents ``[k, *x.shape]``."""
+    return vmap(lambda t: jvp(f, (x,), (t,))[1])(tangents)
+
+
+@pytest.mark.parametrize("up,stride,demodulate", [(1, 1, True), (2, 1, True), (1, 2, True), (1, 1, False)])
+@pytest.mark.parametrize("size", [4, 16])  # 4: the stacked-weight form loses to scaled inputs; 16: it wins
+@pytest.mark.parametrize("which", ["x", "styles", "both"])
+def test_modulated_conv2d_jvp_equals_torch_func(up, stride, demodulate, size, which):
+    generator_ = torch.Generator().manual_seed(1)
+    channels_in, channels_out, k = 6, 5, 4
+    x = torch.randn(1, channels_in, size, size, generator=generator_)
+    weight = torch.randn(channels_out, channels_in, 3, 3, generator=generator_)
+    styles = torch.randn(1, channels_in, generator=generator_) + 1
+    noise = torch.randn(size * up // stride, size * up // stride, generator=generator_)
+    f = ops.setup_filter()
+    dx = torch.randn(k, channels_in, size, size, generator=generator_) if which != "styles" else None
+    ds = torch.randn(k, channels_in, generator=generator_) if which != "x" else None
+    y, dy = ops.modulated_conv2d_jvp(x, dx, weight, styles, ds, demodulate, up, f, noise, stride)
+    assert torch.equal(y, ops.modulated_conv2d(x, weight, styles, demodulate, up, f, noise, stride))
+
+    def conv(inputs):
+        return ops.modulated_conv2d(inputs[0], weight, inputs[1], demodulate, up, f, noise, stride)
+    zeros_x, zeros_s = torch.zeros(k, *x.shape), torch.zeros(k, *styles.shape)
+    tangents = (dx[:, None] if dx is not None else zeros_x, ds[:, None] if ds is not None else zeros_s)
+    expected = vmap(lambda tx, ts: jvp(conv, ((x, styles),), ((tx, ts),))[1])(*tangents)[:, 0]
+    assert dy.shape == expected.shape
+    assert relative_error(dy, expected) <= SAME_RTOL
+
+
+@pytest.mark.parametrize("activation,gain,clamp", [("lrelu", 2 ** 0.5, None), ("lrelu", 1.0, 0.5),
+                                                   ("linear", 1.0, 0.5), ("linear", 1.0, None),
+                                                   ("lrelu", 0.7 * 2 ** 0.5, 0.35)])
+def test_bias_act_jvp_equals_torch_func_also_at_the_kinks(activation, gain, clamp):
+    """Inputs put exactly at the leaky ReLU's kink (x + b = 0) and at the clamp's bounds: the explicit mask must
+    follow torch's own forward-mode conventions there (slope 0.2 at 0, clamp passing its bounds)."""
+    generator_ = torch.Generator().manual_seed(2)
+    bias = torch.tensor([0.25, -0.5, 0.0])
+    x = torch.randn(1, 3, 6, 6, generator=generator_)
+    x[0, :, 0, 0] = -bias  # exactly at the kink
+    if clamp is not None:
+        x[0, :, 1, 1] = clamp / gain - bias  # at +clamp after the gain (exactly, where the rounding allows)
+    dx = torch.randn(5, 3, 6, 6, generator=generator_)
+    y, dy = ops.bias_act_jvp(x, dx, bias, activation, gain, clamp)
+    assert torch.equal(y, ops.bias_act(x, bias, activation, gain, clamp))
+    expected = func_tangents(lambda v: ops.bias_act(v, bias, activation, gain, clamp), x, dx[:, None])[:, 0]
+    assert relative_error(dy, expected) <= SAME_RTOL
+    assert torch.equal(dy == 0, expected == 0)  # the same entries cut by the clamp
+
+
+@pytest.mark.parametrize("architecture,conv_clamp,noise_mode", [("skip", None, "const"), ("skip", 0.6, "none"),
+                                                                ("resnet", 0.6, "const")])
+@pytest.mark.parametrize("stride", [1, 4])
+def test_row_jvp_equals_torch_func_for_every_row(architecture, conv_clamp, noise_mode, stride):
+    G = generator(32, architecture, conv_clamp=conv_clamp)
+    G.noise_mode = noise_mode
+    ws = G.map(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(3)))[0]
+    first = first_stages(G)
+    cache = primal_states(G, ws[None], sorted(set(first)))
+    rows = [ws[r][None] for r in range(G.num_ws)]
+    dw = torch.randn(3, G.w_dim, generator=torch.Generator().manual_seed(4))
+    for row, start in enumerate(first):
+        def image(w_row, row=row, start=start):
+            return synthesize(G, tuple(rows[:row]) + (w_row[None],) + tuple(rows[row + 1:]), start, cache[start],
+                              stride=stride)
+        primal, tangents = G.row_jvp(row, start, cache[start], tuple(rows), dw, stride=stride)
+        assert torch.equal(primal, image(ws[row]))
+        expected = func_tangents(image, ws[row], dw)[:, 0]
+        assert tangents.shape == expected.shape == (3, G.img_channels, 32 // stride, 32 // stride)
+        assert relative_error(tangents, expected) <= SAME_RTOL, row
+
+
+def test_row_jvp_rejects_a_start_after_the_row():
+    G = generator(32)
+    ws = G.map(torch.randn(1, G.z_dim))
+    with pytest.raises(ValueError, match="start"):
+        G.row_jvp(0, 2, None, ws, torch.zeros(1, G.w_dim))
+
+
+@pytest.mark.parametrize("size", [8, 32])  # 8: the sampled last stage (stride 4); 32: the full image
+def test_engine_explicit_tangents_equal_torch_func(size, monkeypatch):
+    G = generator(32, "skip", conv_clamp=0.6)
+    ws = G.map(torch.randn(1, G.z_dim))[0]
+    kwargs = dict(readout=readouts.original(size), chunk_size=11, progress=False, return_info=True)
+    J, info = jacobian(G, ws, **kwargs)
+    assert info.explicit_tangents and info.layer_skip and info.sampled_stride == 32 // size
+    monkeypatch.setattr(engine, "EXPLICIT_TANGENTS", False)
+    J_func, info_func = jacobian(G, ws, **kwargs)
+    assert not info_func.explicit_tangents
+    assert relative_error(J, J_func) <= SAME_RTOL
+
+
+def test_engine_keeps_torch_func_where_explicit_tangents_do_not_apply(monkeypatch):
+    G = generator(32)
+    ws = G.map(torch.randn(1, G.z_dim))[0]
+    columns = range(0, G.num_ws * G.w_dim, 5)
+    kwargs = dict(readout=readouts.original(8), columns=columns, progress=False, return_info=True)
+    _, info = jacobian(G, ws[0], **{**kwargs, "columns": None})  # w space: every layer's style moves at once
+    assert not info.explicit_tangents
+    _, info = jacobian(G, ws, precision="bfloat16", **kwargs)  # reduced precision: torch.func's measured path
+    assert not info.explicit_tangents
+    _, info = jacobian(G, ws, layer_skip=False, **kwargs)
+    assert not info.explicit_tangents
+    monkeypatch.setattr(G, "accepts_ws_rows", False)  # layer skip by stage
+    _, info = jacobian(G, ws, **kwargs)
+    assert not info.explicit_tangents and info.layer_skip
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_engine_explicit_tangents_on_the_gpu(monkeypatch):
+    """cuDNN's algorithm choice pinned (with a free choice float32 calls differ by 2-4e-4 on a StyleGAN2)."""
+    G = generator(64, "skip", conv_clamp=0.6).cuda()
+    ws = G.map(torch.randn(1, G.z_dim).cuda())[0]
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    kwargs = dict(readout=readouts.original(16), progress=False, return_info=True)
+    J, info = jacobian(G, ws, **kwargs)
+    monkeypatch.setattr(engine, "EXPLICIT_TANGENTS", False)
+    J_func, _ = jacobian(G, ws, **kwargs)
+    assert info.explicit_tangents
+    assert relative_error(J, J_func) <= 1e-5
