@@ -8,7 +8,7 @@ resize to 256, channel sum). Rows, for w (d = 512) and W+ (d = 9,216):
 - ``ours``: ``resefa_fast.jacobian`` with layer skip off, ``ours + layer skip`` (W+ only: tangent groups start
   at the first stage reading their row) and ``ours + layer skip by row`` (the generator takes W+ as a tuple of rows,
   so only the perturbed row carries a tangent: ``StagedGenerator.accepts_ws_rows``; with a generator that has
-  ``row_jvp`` -- StyleGAN2 -- its explicit tangents) and, for such a generator, ``ours + layer skip by row,
+  ``rows_jvp`` -- StyleGAN2 -- its explicit tangents) and, for such a generator, ``ours + layer skip by row,
   torch.func tangents`` (the same with ``engine.EXPLICIT_TANGENTS = False``: ``vmap(jvp)`` of the row);
 - ``ours bf16`` (with --precision-study): the reduced-precision tangent mode, its J / Gram / direction errors;
 - ``jacfwd``: ``torch.func.jacfwd`` of the same function, k columns per call (it has no chunk_size argument);
@@ -253,7 +253,7 @@ def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
 
     rows = []
     by_row = hasattr(G, "accepts_ws_rows")  # a generator that can take W+ as a tuple of rows
-    explicit = by_row and callable(getattr(G, "row_jvp", None))  # the generator's own W+ row tangents
+    explicit = by_row and callable(getattr(G, "rows_jvp", None))  # the generator's own tangents
     # (name, layer skip, W+ by rows, explicit tangents where the engine can use them)
     variants = [("ours", False, False, True)] + (
         [("ours + layer skip", True, False, True)] if space == "wplus" else []) + (

@@ -1,4 +1,4 @@
-"""Explicit forward-mode tangents (``ops.*_jvp``, ``StyleGAN2Generator.row_jvp``, the engine's
+"""Explicit forward-mode tangents (``ops.*_jvp``, ``StyleGAN2Generator.rows_jvp``, the engine's
 ``EXPLICIT_TANGENTS``): the values of ``torch.func.jvp`` to float32 rounding, with the primal bit for bit."""
 import pytest
 import torch
@@ -70,7 +70,7 @@ def test_bias_act_jvp_equals_torch_func_also_at_the_kinks(activation, gain, clam
 @pytest.mark.parametrize("architecture,conv_clamp,noise_mode", [("skip", None, "const"), ("skip", 0.6, "none"),
                                                                 ("resnet", 0.6, "const")])
 @pytest.mark.parametrize("stride", [1, 4])
-def test_row_jvp_equals_torch_func_for_every_row(architecture, conv_clamp, noise_mode, stride):
+def test_rows_jvp_equals_torch_func_for_every_row_and_for_w(architecture, conv_clamp, noise_mode, stride):
     G = generator(32, architecture, conv_clamp=conv_clamp)
     G.noise_mode = noise_mode
     ws = G.map(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(3)))[0]
@@ -82,29 +82,56 @@ def test_row_jvp_equals_torch_func_for_every_row(architecture, conv_clamp, noise
         def image(w_row, row=row, start=start):
             return synthesize(G, tuple(rows[:row]) + (w_row[None],) + tuple(rows[row + 1:]), start, cache[start],
                               stride=stride)
-        primal, tangents = G.row_jvp(row, start, cache[start], tuple(rows), dw, stride=stride)
+        primal, tangents = G.rows_jvp((row,), start, cache[start], tuple(rows), dw, stride=stride)
         assert torch.equal(primal, image(ws[row]))
         expected = func_tangents(image, ws[row], dw)[:, 0]
         assert tangents.shape == expected.shape == (3, G.img_channels, 32 // stride, 32 // stride)
         assert relative_error(tangents, expected) <= SAME_RTOL, row
+    # w space: one tangent on every row (w repeated), every layer's style moving with the activations' tangents
+    w = ws[0]
+
+    def image_of_w(v):
+        return synthesize(G, v.expand(G.num_ws, G.w_dim)[None], stride=stride)
+    primal, tangents = G.rows_jvp(range(G.num_ws), 0, None, w.expand(G.num_ws, G.w_dim)[None], dw, stride=stride)
+    assert torch.equal(primal, image_of_w(w))
+    assert relative_error(tangents, func_tangents(image_of_w, w, dw)[:, 0]) <= SAME_RTOL
 
 
-def test_row_jvp_rejects_a_start_after_the_row():
+def test_rows_jvp_in_float64_equals_reverse_mode():
+    """In float64 the explicit tangents agree with reverse mode to float64 rounding (a constant rounded to float32
+    anywhere in the tangent path would show here as ~1e-8)."""
+    G = generator(16, "skip", conv_clamp=0.6).double()
+    ws = G.map(torch.randn(1, G.z_dim, dtype=torch.float64))[0]
+    J = jacobian(G, ws, chunk_size=16, progress=False)
+    J_reverse = torch.func.jacrev(lambda x: G.synthesis(x[None]).reshape(-1))(ws).reshape(-1, ws.numel())
+    assert relative_error(J, J_reverse) <= 1e-12
+
+
+def test_rows_jvp_rejects_a_start_after_a_stage_reading_the_rows():
     G = generator(32)
     ws = G.map(torch.randn(1, G.z_dim))
-    with pytest.raises(ValueError, match="start"):
-        G.row_jvp(0, 2, None, ws, torch.zeros(1, G.w_dim))
+    state = G.run_stage(0, None, ws)
+    G.rows_jvp((1,), 0, None, ws, torch.zeros(1, G.w_dim))
+    G.rows_jvp((2,), 1, state, ws, torch.zeros(1, G.w_dim))
+    for rows, start in [((0,), 2), ((1,), 1), ((3, 1), 1)]:  # stage 0 (b4) reads rows 0 and 1 (its toRGB)
+        with pytest.raises(ValueError, match="start"):
+            G.rows_jvp(rows, start, state, ws, torch.zeros(1, G.w_dim))
+    for rows in [(), (G.num_ws,)]:
+        with pytest.raises(ValueError, match="rows"):
+            G.rows_jvp(rows, 0, None, ws, torch.zeros(1, G.w_dim))
 
 
 @pytest.mark.parametrize("size", [8, 32])  # 8: the sampled last stage (stride 4); 32: the full image
-def test_engine_explicit_tangents_equal_torch_func(size, monkeypatch):
+@pytest.mark.parametrize("space", ["w", "W+"])
+def test_engine_explicit_tangents_equal_torch_func(size, space, monkeypatch):
     G = generator(32, "skip", conv_clamp=0.6)
     ws = G.map(torch.randn(1, G.z_dim))[0]
+    latent = ws[0] if space == "w" else ws
     kwargs = dict(readout=readouts.original(size), chunk_size=11, progress=False, return_info=True)
-    J, info = jacobian(G, ws, **kwargs)
-    assert info.explicit_tangents and info.layer_skip and info.sampled_stride == 32 // size
+    J, info = jacobian(G, latent, **kwargs)
+    assert info.explicit_tangents and info.layer_skip == (space == "W+") and info.sampled_stride == 32 // size
     monkeypatch.setattr(engine, "EXPLICIT_TANGENTS", False)
-    J_func, info_func = jacobian(G, ws, **kwargs)
+    J_func, info_func = jacobian(G, latent, **kwargs)
     assert not info_func.explicit_tangents
     assert relative_error(J, J_func) <= SAME_RTOL
 
@@ -114,11 +141,9 @@ def test_engine_keeps_torch_func_where_explicit_tangents_do_not_apply(monkeypatc
     ws = G.map(torch.randn(1, G.z_dim))[0]
     columns = range(0, G.num_ws * G.w_dim, 5)
     kwargs = dict(readout=readouts.original(8), columns=columns, progress=False, return_info=True)
-    _, info = jacobian(G, ws[0], **{**kwargs, "columns": None})  # w space: every layer's style moves at once
-    assert not info.explicit_tangents
     _, info = jacobian(G, ws, precision="bfloat16", **kwargs)  # reduced precision: torch.func's measured path
     assert not info.explicit_tangents
-    _, info = jacobian(G, ws, layer_skip=False, **kwargs)
+    _, info = jacobian(G, ws, layer_skip=False, **kwargs)  # W+ without layer skip: every row moves in one run
     assert not info.explicit_tangents
     monkeypatch.setattr(G, "accepts_ws_rows", False)  # layer skip by stage
     _, info = jacobian(G, ws, **kwargs)
@@ -126,14 +151,16 @@ def test_engine_keeps_torch_func_where_explicit_tangents_do_not_apply(monkeypatc
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_engine_explicit_tangents_on_the_gpu(monkeypatch):
+@pytest.mark.parametrize("space", ["w", "W+"])
+def test_engine_explicit_tangents_on_the_gpu(space, monkeypatch):
     """cuDNN's algorithm choice pinned (with a free choice float32 calls differ by 2-4e-4 on a StyleGAN2)."""
     G = generator(64, "skip", conv_clamp=0.6).cuda()
     ws = G.map(torch.randn(1, G.z_dim).cuda())[0]
+    latent = ws[0] if space == "w" else ws
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     kwargs = dict(readout=readouts.original(16), progress=False, return_info=True)
-    J, info = jacobian(G, ws, **kwargs)
+    J, info = jacobian(G, latent, **kwargs)
     monkeypatch.setattr(engine, "EXPLICIT_TANGENTS", False)
-    J_func, _ = jacobian(G, ws, **kwargs)
+    J_func, _ = jacobian(G, latent, **kwargs)
     assert info.explicit_tangents
     assert relative_error(J, J_func) <= 1e-5

@@ -48,9 +48,9 @@ MEMORY_FRACTION = 0.8
 #: Compute a staged generator's last stage only at the pixels the readout reads, when both declare it
 #: (``readouts.Readout.sampling`` and ``StagedGenerator.run_last_stage_sampled``). False: always the full image.
 SAMPLE_LAST_STAGE = True
-#: Use a staged generator's explicit tangents of one W+ row (``row_jvp``, StyleGAN2) instead of ``vmap(jvp)`` on the
-#: row-wise layer-skip path, in the "float32" and "tf32" modes (the reduced-precision modes keep torch.func's, whose
-#: error was measured). False: always torch.func.
+#: Use a staged generator's explicit tangents (``rows_jvp``, StyleGAN2) instead of ``vmap(jvp)`` for w latents and
+#: on the row-wise W+ layer-skip path, in the "float32" and "tf32" modes (the reduced-precision modes keep
+#: torch.func's, whose error was measured). False: always torch.func.
 EXPLICIT_TANGENTS = True
 
 
@@ -60,8 +60,8 @@ class JacobianInfo:
     ``stage_runs`` / ``stage_runs_without_skip`` (tangent × stage evaluations with and without layer skip; equal
     for generic callables, which count as one stage), ``groups`` (first stage -> number of tangents),
     ``sampled_stride`` (the last stage computed only at rows / columns ``0, s, 2s, ...`` of the image because the
-    readout reads only those; 1: the full image), ``explicit_tangents`` (the generator's own ``row_jvp`` made the
-    W+ row tangents, not ``vmap(jvp)``)."""
+    readout reads only those; 1: the full image), ``explicit_tangents`` (the generator's own ``rows_jvp`` made the
+    tangents, not ``vmap(jvp)``)."""
     chunk_size: int = 0
     splits: int = 0
     seconds: float = 0.0
@@ -80,7 +80,7 @@ class _Group:
     as ``evaluate(primal) -> pixels [C, H, W]`` where ``primal`` is the whole latent or (row-wise layer skip) the
     one W+ row the group perturbs, and ``local`` indexes ``primal`` flattened. ``tangents``, when given, maps k
     tangents of ``primal`` ``[k, *primal.shape]`` to the pixels' tangents ``[k, P]`` directly (a generator's
-    ``row_jvp``), in place of ``vmap(jvp)`` of ``evaluate``."""
+    ``rows_jvp``), in place of ``vmap(jvp)`` of ``evaluate``."""
     start: int
     local: torch.Tensor
     evaluate: Callable[[torch.Tensor], torch.Tensor]
@@ -166,8 +166,8 @@ def jacobian(
         if stride > 1:  # the readout is tail(image[..., ::stride, ::stride]): the last stage makes only those pixels
             read = _pixels(tail)
         plain = _plain_staged(fn, read, stride)
-        explicit = (skip and EXPLICIT_TANGENTS and precision in ("float32", "tf32")
-                    and getattr(fn, "accepts_ws_rows", False) and callable(getattr(fn, "row_jvp", None)))
+        explicit = (EXPLICIT_TANGENTS and precision in ("float32", "tf32") and callable(getattr(fn, "rows_jvp", None))
+                    and (latents[0].dim() == 1 or (skip and getattr(fn, "accepts_ws_rows", False))))
     else:
         check(layer_skip != True, "layer_skip", "False or 'auto' for a callable without the "  # noqa: E712
               "StagedGenerator protocol", layer_skip)
@@ -186,7 +186,8 @@ def jacobian(
             target.begin(len(latents), grid, wanted.numel(), device, dtype)
             for n, x in enumerate(latents):
                 groups = _staged_groups(fn, x, read, stride, explicit) if skip else [
-                    _Group(0, torch.arange(d), plain, fn.num_stages if staged else 1)]
+                    _Group(0, torch.arange(d), plain, fn.num_stages if staged else 1,
+                           tangents=_w_tangents(fn, x, read, stride) if explicit else None)]
                 for group in groups:
                     local = group.local[position[group.local + group.offset] >= 0]
                     if local.numel() == 0:
@@ -372,7 +373,7 @@ def _staged_groups(generator, ws: torch.Tensor, read, stride: int = 1, explicit:
     A generator with ``accepts_ws_rows = True`` gets one group per W+ row l, and ``run_stage`` receives W+ as a
     tuple of rows ``[1, w_dim]`` in which only row l carries the tangent: the layers that read other rows (their
     styles, demodulation, the convolutions before the first layer reading l) then run without a tangent at all.
-    With ``explicit`` the generator's ``row_jvp`` makes each row's image tangents, and torch.func differentiates only
+    With ``explicit`` the generator's ``rows_jvp`` makes each row's image tangents, and torch.func differentiates only
     the readout."""
     first = first_stages(generator)
     cache = primal_states(generator, ws[None], sorted(set(first)))
@@ -386,9 +387,8 @@ def _staged_groups(generator, ws: torch.Tensor, read, stride: int = 1, explicit:
             tangents = None
             if explicit:
                 def tangents(t, s=s, row=row):
-                    image, image_tangents = generator.row_jvp(row, s, cache[s], tuple(rows), t, stride=stride)
-                    pixels = vmap(lambda dimage: jvp(read, (image,), (dimage,))[1])(image_tangents[:, None])
-                    return pixels.reshape(t.shape[0], -1)
+                    return _read_tangents(read, *generator.rows_jvp((row,), s, cache[s], tuple(rows), t,
+                                                                    stride=stride))
             groups.append(_Group(s, torch.arange(generator.w_dim), evaluate, generator.num_stages - s,
                                  primal=ws[row], offset=row * generator.w_dim, tangents=tangents))
         return groups
@@ -400,6 +400,23 @@ def _staged_groups(generator, ws: torch.Tensor, read, stride: int = 1, explicit:
             return read(synthesize(generator, x[None], s, cache[s], stride=stride))
         groups.append(_Group(s, cols, evaluate, generator.num_stages - s))
     return groups
+
+
+def _w_tangents(generator, w: torch.Tensor, read, stride: int = 1):
+    """The explicit tangents of a staged generator at a w latent ``[w_dim]`` (repeated on every W+ row):
+    ``t [k, w_dim] -> [k, P]``."""
+    ws = w.expand(generator.num_ws, generator.w_dim)[None]
+
+    def tangents(t):
+        return _read_tangents(read, *generator.rows_jvp(range(generator.num_ws), 0, None, ws, t, stride=stride))
+    return tangents
+
+
+def _read_tangents(read, image: torch.Tensor, image_tangents: torch.Tensor) -> torch.Tensor:
+    """The pixels' tangents ``[k, P]`` of image tangents ``[k, C, H, W]`` at ``image`` ``[1, C, H, W]``: the
+    readout's own JVP (torch.func: readouts are small next to the generator and need not be linear)."""
+    pixels = vmap(lambda dimage: jvp(read, (image,), (dimage,))[1])(image_tangents[:, None])
+    return pixels.reshape(image_tangents.shape[0], -1)
 
 
 def _shape_of(evaluate, x):

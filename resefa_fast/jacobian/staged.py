@@ -33,6 +33,13 @@ class StagedGenerator(Protocol):
       W/stride]``, equal to ``run_stage(num_stages - 1, state, ws)[..., ::stride, ::stride]``, for any stride > 1
       dividing H and W; ``ws`` as for ``run_stage``): the engine uses it when the readout reads only those pixels
       (``readouts.Readout.sampling``), so the last stage computes only what the readout looks at.
+    - optional ``rows_jvp(rows, start, state, ws, dw, stride=1) -> (image [1, ...], tangents [k, ...])``: the image
+      from stage ``start`` (``state`` entering it, ``ws`` one code as a tensor or a tuple of rows) and its
+      forward-mode tangents for the tangents ``dw`` ``[k, w_dim]`` given to every W+ row in ``rows``, propagated by
+      the generator itself (``stride`` as for ``run_last_stage_sampled``). The engine uses it instead of
+      ``vmap(jvp)`` for w latents (all rows) and on the row-wise layer-skip path (one row); it must equal
+      ``torch.func.jvp`` to float rounding (StyleGAN2: ``models.ops.modulated_conv2d_jvp``, fewer passes over the
+      tangents).
     """
 
     num_ws: int

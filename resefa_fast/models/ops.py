@@ -111,7 +111,7 @@ def bias_act_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], bias: Optional[tor
     slope = None
     if activation == "lrelu":
         if dx is not None:
-            slope = torch.where(x > 0, 1.0, 0.2).to(x.dtype)
+            slope = torch.full_like(x, 0.2).masked_fill_(x > 0, 1.0)  # in x's dtype (0.2 in float32 is not 0.2)
         x = F.leaky_relu(x, 0.2)
     if gain != 1:
         x = x * gain

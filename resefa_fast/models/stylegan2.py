@@ -226,11 +226,11 @@ class SynthesisBlock(nn.Module):
         return self.forward_jvp(x, img, ws, first, noise_mode, stride)[:2]
 
     def forward_jvp(self, x, img, ws, first: int, noise_mode: str = "const", stride: int = 1, dx=None, dimg=None,
-                    row: Optional[int] = None, dw: Optional[torch.Tensor] = None):
+                    rows: frozenset = frozenset(), dw: Optional[torch.Tensor] = None):
         """``(x, img, dx, dimg)``: :meth:`forward` at one primal and the forward-mode tangents of its outputs, for
-        tangents ``dx``, ``dimg`` of its inputs and ``dw`` ``[k, w_dim]`` of W+ row ``row`` (None: zero)."""
+        tangents ``dx``, ``dimg`` of its inputs and ``dw`` ``[k, w_dim]`` of each W+ row in ``rows`` (None: zero)."""
         def row_tangent(r):
-            return dw if r == row else None
+            return dw if r in rows else None
 
         r = first
         if self.in_channels == 0:
@@ -318,24 +318,29 @@ class SynthesisNetwork(nn.Module):
             state = self.run_stage(i, state, ws, noise_mode)
         return state
 
-    def row_jvp(self, row: int, start: int, state: Any, ws, dw: torch.Tensor, noise_mode: Optional[str] = None,
-                stride: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    def rows_jvp(self, rows: Sequence[int], start: int, state: Any, ws, dw: torch.Tensor,
+                 noise_mode: Optional[str] = None, stride: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(image [1, C, R/stride, R/stride], tangents [k, C, R/stride, R/stride])``: the image from stage
-        ``start`` on (``state`` the primal state entering it; ``ws`` one W+ code) and its forward-mode tangents for
-        tangents ``dw`` ``[k, w_dim]`` of W+ row ``row``, which no stage before ``start`` may read. The tangents
-        are propagated explicitly, layer by layer, with the primal styles and demodulation folded into each
-        convolution's weight (``ops.modulated_conv2d_jvp``) and the activations' derivatives in one mask: the
+        ``start`` on (``state`` the primal state entering it; ``ws`` one W+ code, a tensor or a tuple of rows) and
+        its forward-mode tangents for the tangents ``dw`` ``[k, w_dim]`` given to every W+ row in ``rows`` (one row:
+        W+; all rows: w space, where w is repeated), none of which a stage before ``start`` may read.
+
+        The tangents are propagated explicitly, layer by layer, with the primal styles and demodulation folded into
+        each convolution's weight (``ops.modulated_conv2d_jvp``) and the activations' derivatives in one mask: the
         values of ``torch.func.jvp`` to float rounding, in fewer passes over the tangents."""
         noise_mode = self.noise_mode if noise_mode is None else noise_mode
-        check(0 <= start < self.num_stages and self._rows[start][0] <= row, "start",
-              f"a stage in [0, {self.num_stages}) that W+ row {row} is not read before", start)
+        rows = frozenset(rows)
+        check(len(rows) > 0 and all(0 <= r < self.num_ws for r in rows), "rows",
+              f"a non-empty set of W+ rows in [0, {self.num_ws})", sorted(rows))
+        check(0 <= start < self.num_stages and (start == 0 or self._rows[start - 1][1] <= min(rows)), "start",
+              f"a stage in [0, {self.num_stages}) before which no stage reads W+ rows {sorted(rows)}", start)
         x, img = state if isinstance(state, tuple) else (state, None)
         dx = dimg = None
         for i in range(start, self.num_stages):
             block = getattr(self, f"b{self.block_resolutions[i]}")
             s = stride if i == self.num_stages - 1 else 1
-            x, img, dx, dimg = block.forward_jvp(x, img, ws, self._rows[i][0], noise_mode, s, dx, dimg, row, dw)
-        if dimg is None:  # no layer from `start` on reads the row
+            x, img, dx, dimg = block.forward_jvp(x, img, ws, self._rows[i][0], noise_mode, s, dx, dimg, rows, dw)
+        if dimg is None:  # no layer from `start` on reads the rows
             dimg = torch.zeros((dw.shape[0],) + tuple(img.shape[1:]), dtype=img.dtype, device=img.device)
         return img, dimg
 
@@ -420,11 +425,11 @@ class StyleGAN2Generator(StyleGANSurface, nn.Module):
         """``(img_channels, R, R)``: the shape of one image."""
         return (self.img_channels, self.img_resolution, self.img_resolution)
 
-    def row_jvp(self, row: int, start: int, state: Any, ws, dw: torch.Tensor,
-                stride: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Explicit forward-mode tangents of one W+ row (StagedGenerator's optional extension; see
-        ``SynthesisNetwork.row_jvp``)."""
-        return self.synthesis.row_jvp(row, start, state, ws, dw, stride=stride)
+    def rows_jvp(self, rows: Sequence[int], start: int, state: Any, ws, dw: torch.Tensor,
+                 stride: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Explicit forward-mode tangents of W+ rows (StagedGenerator's optional extension; see
+        ``SynthesisNetwork.rows_jvp``)."""
+        return self.synthesis.rows_jvp(rows, start, state, ws, dw, stride=stride)
 
     def run_last_stage_sampled(self, state: Any, ws, stride: int) -> torch.Tensor:
         """The last stage (block) from ``state`` producing the image only at rows / columns ``0, stride, ...``:
