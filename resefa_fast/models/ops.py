@@ -150,10 +150,10 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: to
     tangents ``dx`` ``[k, I, H, W]`` and ``dstyles`` ``[k, I]`` (either None: zero): ``(y, dy)``.
 
     Written for many tangents at one primal: the primal styles and demodulation are folded into the weight, so the
-    tangent of the input costs one convolution of ``dx`` (no per-tangent scaling passes); the tangent of the styles
-    is ``conv(x · ds)`` (one convolution of the primal with k stacked weights ``W · ds`` when the weight is smaller
-    than an input image, else k scaled copies of x) plus the demodulation's derivative
-    ``δd = −d³ ((s · ds) Σ_k W²ᵀ)``."""
+    tangent of the input alone costs one convolution of ``dx`` (no per-tangent scaling passes); the tangent of the
+    styles alone is ``conv(x · ds)`` -- one convolution of the primal with k stacked weights ``W · ds`` where those
+    take less memory than k scaled copies of x (high resolutions, few channels), else the copies -- plus the
+    demodulation's derivative ``δd = −d³ ((s · ds) Σ_k W²ᵀ)``; both (w space) are summed before one convolution."""
     conv = lambda inputs, w: conv2d_resample(inputs, w, f=f, up=up, padding=w.shape[-1] // 2,  # noqa: E731
                                              stride=stride)
     u = conv(x * styles[:, :, None, None], weight)
@@ -167,23 +167,21 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: to
         y = y + noise
     if dx is None and dstyles is None:
         return y, None
-    out_scale = 1.0 if d is None else d[0][:, None, None, None]
-    dy = None
-    if dx is not None:  # conv(dx · s) · d = conv(dx, W · s · d)
-        dy = conv(dx, weight * styles[0][None, :, None, None] * out_scale)
-    if dstyles is not None:
-        k, (channels_out, channels_in) = dstyles.shape[0], weight.shape[:2]
-        if weight[0].numel() <= x[0].numel():  # k stacked weights W · ds: x is read once
-            stacked = (weight[None] * dstyles[:, None, :, None, None]).reshape(k * channels_out, channels_in,
-                                                                              *weight.shape[2:])
-            du = conv(x, stacked).reshape(k, channels_out, *u.shape[2:])
-        else:  # small images, large weights (the low-resolution blocks)
-            du = conv(x * dstyles[:, :, None, None], weight)
-        if d is not None:
-            dd = -d.pow(3) * ((styles * dstyles) @ energy.T)  # [k, O]
-            du = du * d[:, :, None, None] + u * dd[:, :, None, None]
-        dy = du if dy is None else dy + du
-    return y, dy
+    if dstyles is None:  # conv(dx · s) · d = conv(dx, W · s · d): one convolution, no pass over the tangents
+        return y, conv(dx, weight * styles[0][None, :, None, None] * (1.0 if d is None else d[0][:, None, None, None]))
+    k, (channels_out, channels_in) = dstyles.shape[0], weight.shape[:2]
+    if dx is not None:  # both move (w space): one convolution of dx · s + x · ds, as torch.func does
+        du = conv(dx * styles[:, :, None, None] + x * dstyles[:, :, None, None], weight)
+    elif channels_out * weight[0, 0].numel() <= x[0, 0].numel():  # per tangent, W · ds is no larger than x · ds
+        stacked = (weight[None] * dstyles[:, None, :, None, None]).reshape(k * channels_out, channels_in,
+                                                                          *weight.shape[2:])
+        du = conv(x, stacked).reshape(k, channels_out, *u.shape[2:])
+    else:  # small images, large weights (the low-resolution blocks)
+        du = conv(x * dstyles[:, :, None, None], weight)
+    if d is None:
+        return y, du
+    dd = -d.pow(3) * ((styles * dstyles) @ energy.T)  # [k, O]
+    return y, du * d[:, :, None, None] + u * dd[:, :, None, None]
 
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
