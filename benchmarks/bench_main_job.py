@@ -66,6 +66,9 @@ def main(argv=None):
     parser.add_argument("--compare-full-last-stage", action="store_true",
                         help="also time the sample at --precision with the last block computed in full (the engine's "
                              "SAMPLE_LAST_STAGE switch off): the gain of sampling it where the readout reads")
+    parser.add_argument("--compare-func-tangents", action="store_true",
+                        help="also time the sample at --precision with torch.func's vmap(jvp) instead of the "
+                             "generator's explicit tangents (the engine's EXPLICIT_TANGENTS switch off)")
     parser.add_argument("--sample-only", action="store_true", help="stop after the sampled timings")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -100,24 +103,29 @@ def main(argv=None):
         error = float((J.float() - reference).norm() / reference.norm())
         chunks = sorted(set(info.chunk_sizes)) if hasattr(info, "chunk_sizes") else None
         rows.append(dict(phase=f"jacobian (sampled, extrapolated), chunk {chunk or 'auto'}", precision=precision,
-                         seconds=seconds * d / len(sample), rel_error_vs_first=error, chunks=chunks))
+                         seconds=seconds * d / len(sample), rel_error_vs_first=error, chunks=chunks,
+                         explicit_tangents=info.explicit_tangents))
         print(rows[-1], flush=True)
         if precision == args.precision and seconds < best[0]:
             best = (seconds, chunk)
-    if args.compare_full_last_stage:
-        from resefa_fast.jacobian import engine
+    from resefa_fast.jacobian import engine
 
-        engine.SAMPLE_LAST_STAGE = False
+    switches = [(args.compare_full_last_stage, "SAMPLE_LAST_STAGE", "last block in full"),
+                (args.compare_func_tangents, "EXPLICIT_TANGENTS", "torch.func tangents")]
+    for wanted, switch, label in switches:  # the engine with one of its optimisations off, for its gain
+        if not wanted:
+            continue
+        setattr(engine, switch, False)
         try:
             seconds, (J, info) = timed(device, lambda: rf.jacobian(
                 G, ws[0], readout=readout, precision=args.precision, columns=sample.tolist(), progress=False,
                 return_info=True))
         finally:
-            engine.SAMPLE_LAST_STAGE = True
+            setattr(engine, switch, True)
         error = float((J.float() - reference).norm() / reference.norm())
-        rows.append(dict(phase="jacobian (sampled, extrapolated), last block in full, chunk auto",
-                         precision=args.precision, seconds=seconds * d / len(sample), rel_error_vs_first=error,
-                         sampled_stride=getattr(info, "sampled_stride", None)))
+        rows.append(dict(phase=f"jacobian (sampled, extrapolated), {label}, chunk auto", precision=args.precision,
+                         seconds=seconds * d / len(sample), rel_error_vs_first=error,
+                         sampled_stride=info.sampled_stride, explicit_tangents=info.explicit_tangents))
         print(rows[-1], flush=True)
     if args.channels_last:
         G_nhwc = random_stylegan2(G.img_resolution, w_dim=G.w_dim, small=args.small).to(device)
