@@ -15,7 +15,7 @@ status() { printf '%-28s %s\n' "$1" "$2" | tee -a "$OUT/summary.txt"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/device.txt" 2>&1
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' >> "$OUT/device.txt"
 steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(build tests $(for b in benchmarks/bench_*.py; do n=$(basename "$b" .py); echo "bench:${n#bench_}"; done))
-GPU_TESTS="tests/test_cuda_ops.py tests/test_solvers.py tests/test_api.py tests/test_jacobian.py tests/test_models.py tests/test_sampled_readout.py"
+GPU_TESTS="tests/test_cuda_ops.py tests/test_solvers.py tests/test_api.py tests/test_jacobian.py tests/test_models.py tests/test_sampled_readout.py tests/test_explicit_tangents.py"
 
 for step in "${steps[@]}"; do
   start=$(date +%s)
