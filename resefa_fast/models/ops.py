@@ -51,11 +51,14 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, padding: Tuple[int,
         x = x.reshape(batch, channels, height, 1, width, 1)
         x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
         x = x.reshape(batch, channels, height * up, width * up)
-    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
     # true convolution = correlation with the flipped filter; one filter per channel (depthwise)
     f = (f * gain ** (f.ndim / 2)).to(x.dtype).flip([0, 1])
-    return F.conv2d(x, f[None, None].expand(channels, 1, *f.shape), groups=channels, stride=stride)
+    f = f[None, None].expand(channels, 1, *f.shape)
+    if min(padding) >= 0 and px0 == px1 and py0 == py1:  # the convolution pads: no padded copy of x
+        return F.conv2d(x, f, groups=channels, stride=stride, padding=(py0, px0))
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    return F.conv2d(x, f, groups=channels, stride=stride)
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2, stride: int = 1) -> torch.Tensor:
