@@ -5,25 +5,16 @@
 #include <algorithm>
 
 #include "resefa/check.h"
+#include "resefa/vector_access.cuh"
 
 namespace resefa {
 namespace {
 
 constexpr int kThreads = 256;
 
-// Vector access of VEC consecutive floats (VEC = 4: one 16-byte load / store; the caller checked alignment). The
-// stores go through __stwb (st.global.wb.v4, the default write-back policy) because plain stores of the four
-// computed floats were split into scalar stores by the compiler.
-template <int VEC>
-__device__ inline void load_vec(const float* __restrict__ src, float (&x)[VEC]) {
-  if constexpr (VEC == 4) {
-    const float4 t = __ldg(reinterpret_cast<const float4*>(src));
-    x[0] = t.x, x[1] = t.y, x[2] = t.z, x[3] = t.w;
-  } else {
-    for (int t = 0; t < VEC; ++t) x[t] = __ldg(src + t);
-  }
-}
-
+// Vector stores of VEC consecutive floats (loads: resefa/vector_access.cuh). VEC = 4 goes through __stwb
+// (st.global.wb.v4, the default write-back policy) because plain stores of the four computed floats were split into
+// scalar stores by the compiler.
 template <int VEC>
 __device__ inline void store_vec(float* __restrict__ dst, const float (&x)[VEC]) {
   if constexpr (VEC == 4) {

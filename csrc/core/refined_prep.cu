@@ -4,6 +4,7 @@
 #include <cub/block/block_reduce.cuh>
 
 #include "resefa/check.h"
+#include "resefa/vector_access.cuh"
 
 namespace resefa {
 namespace {
@@ -19,16 +20,6 @@ constexpr int kBatch = 4;
 __device__ inline __half scaled_half(float x, float c, float r) {
   const __half h = __float2half_rn(x * c);
   return __float2half_rn(__half2float(h) * r);
-}
-
-template <int VEC>
-__device__ inline void load_vec(const float* __restrict__ src, float (&x)[VEC]) {
-  if constexpr (VEC == 4) {
-    const float4 t = __ldg(reinterpret_cast<const float4*>(src));
-    x[0] = t.x, x[1] = t.y, x[2] = t.z, x[3] = t.w;
-  } else {
-    x[0] = __ldg(src);
-  }
 }
 
 // Streaming (evict-first) stores: both copies are written once and are far larger than L2 at the sizes this is for.
