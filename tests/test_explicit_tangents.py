@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.func import jvp, vmap
 
+from resefa_fast.errors import ResefaError
 from resefa_fast.jacobian import engine, jacobian, readouts
 from resefa_fast.jacobian.staged import first_stages, primal_states, synthesize
 from resefa_fast.models import ops
@@ -148,6 +149,28 @@ def test_engine_keeps_torch_func_where_explicit_tangents_do_not_apply(monkeypatc
     monkeypatch.setattr(G, "accepts_ws_rows", False)  # layer skip by stage
     _, info = jacobian(G, ws, **kwargs)
     assert not info.explicit_tangents and info.layer_skip
+
+
+@pytest.mark.parametrize("space", ["w", "W+"])
+def test_engine_refuses_explicit_tangents_that_disagree_with_the_forward_pass(space, monkeypatch):
+    """A generator whose forward pass was changed (here: its last stage's image scaled) while its rows_jvp was not:
+    the input checks compare the two and refuse, instead of returning the old function's Jacobian."""
+    G = generator(32)
+    ws = G.map(torch.randn(1, G.z_dim))[0]
+    latent = ws[0] if space == "w" else ws
+    original = G.run_stage
+
+    def changed(i, state, ws_):
+        out = original(i, state, ws_)
+        return out * 1.5 if i == G.num_stages - 1 else out
+    monkeypatch.setattr(G, "run_stage", changed)
+    monkeypatch.setattr(engine, "SAMPLE_LAST_STAGE", False)  # the changed run_stage makes the image
+    with pytest.raises(ResefaError, match="rows_jvp"):
+        jacobian(G, latent, readout=readouts.original(8), progress=False)
+    J = jacobian(G, latent, readout=readouts.original(8), progress=False, check_fn=False)  # no checks: as asked
+    monkeypatch.setattr(engine, "EXPLICIT_TANGENTS", False)
+    J_func = jacobian(G, latent, readout=readouts.original(8), progress=False)  # torch.func sees the change
+    assert relative_error(J_func, 1.5 * J) <= SAME_RTOL
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

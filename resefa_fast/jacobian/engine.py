@@ -43,6 +43,9 @@ CPU_CHUNK = 32
 MAX_AUTO_CHUNK = 512
 #: Largest relative difference between two calls of ``fn`` at one latent that still counts as deterministic.
 DETERMINISM_RTOL = 1e-5
+#: Largest relative difference between a generator's explicit tangents and torch.func's that still counts as the
+#: same function (float32 algorithm choices differ by ~4e-4; a forward pass changed without its tangents, by O(1)).
+EXPLICIT_RTOL = 1e-2
 #: Fraction of free device memory the automatic chunk size may plan to use.
 MEMORY_FRACTION = 0.8
 #: Compute a staged generator's last stage only at the pixels the readout reads, when both declare it
@@ -179,6 +182,8 @@ def jacobian(
     # requested precision: under tf32 two calls may pick cuDNN algorithms that round differently by ~1e-3
     with _precision("float32", device), torch.no_grad():
         grid = _check_fn(plain, latents[0]) if check_fn else output_grid(tuple(_shape_of(plain, latents[0])))
+        if check_fn and explicit:
+            _check_explicit_tangents(fn, latents[0], read, stride, plain)
     with _precision(precision, device), torch.no_grad():
         chunks = _Chunker(chunk_size, device, d)
         bar = _progress(progress, len(latents) * wanted.numel())
@@ -421,6 +426,22 @@ def _read_tangents(read, image: torch.Tensor, image_tangents: torch.Tensor) -> t
 
 def _shape_of(evaluate, x):
     return evaluate(x.clone()).shape
+
+
+def _check_explicit_tangents(generator, x: torch.Tensor, read, stride: int, evaluate) -> None:
+    """The generator's own tangents (``rows_jvp``) against ``torch.func.jvp`` of its forward pass ``evaluate`` for
+    one random direction on every W+ row (each layer's style tangent and every activation tangent at once): a
+    subclass that changed the forward pass but not ``rows_jvp`` would otherwise give a wrong J silently."""
+    dw = torch.randn(1, generator.w_dim, generator=torch.Generator().manual_seed(1), dtype=x.dtype).to(x.device)
+    ws = x.expand(generator.num_ws, generator.w_dim)[None]
+    ours = _read_tangents(read, *generator.rows_jvp(range(generator.num_ws), 0, None, ws, dw, stride=stride))[0]
+    _, theirs = jvp(evaluate, (x.clone(),), (dw[0].expand_as(x).contiguous(),))
+    difference = float((ours.double() - theirs.double().reshape(-1)).norm() / theirs.double().norm())
+    if not difference <= EXPLICIT_RTOL:
+        raise ResefaError(
+            f"`fn.rows_jvp` (its explicit tangents) disagrees with torch.func.jvp of its forward pass (relative "
+            f"difference {difference:.1e}): a generator that changes its forward pass must change rows_jvp alike; "
+            "or set resefa_fast.jacobian.engine.EXPLICIT_TANGENTS = False to use torch.func alone")
 
 
 def _check_fn(evaluate, x: torch.Tensor) -> Tuple[int, int, int]:

@@ -22,6 +22,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..errors import check
+
 __all__ = ["setup_filter", "upfirdn2d", "upsample2d", "conv2d_resample", "bias_act", "bias_act_jvp",
            "modulated_conv2d", "modulated_conv2d_jvp", "normalize_2nd_moment", "LRELU_GAIN", "DEMODULATION_EPS"]
 
@@ -125,11 +127,12 @@ def bias_act_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], bias: Optional[tor
         x = x.clamp(-clamp, clamp)
     if dx is None:
         return x, None
-    mask = slope if gain == 1 or slope is None else slope * gain
-    if mask is None and gain != 1:
-        mask = torch.full_like(x, gain)
+    mask = slope  # built at the primal's size, then one pass over the tangents
+    if gain != 1:
+        mask = gain if mask is None else mask * gain
     if inside is not None:
-        mask = inside.to(x.dtype) if mask is None else mask * inside
+        window = inside.to(x.dtype)
+        mask = window if mask is None else window * mask
     return x, dx if mask is None else dx * mask
 
 
@@ -170,6 +173,7 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: to
         y = y + noise
     if dx is None and dstyles is None:
         return y, None
+    check(x.shape[0] == 1, "x", "one primal [1, I, H, W] when tangents are given", tuple(x.shape))
     if dstyles is None:  # conv(dx · s) · d = conv(dx, W · s · d): one convolution, no pass over the tangents
         return y, conv(dx, weight * styles[0][None, :, None, None] * (1.0 if d is None else d[0][:, None, None, None]))
     k, (channels_out, channels_in) = dstyles.shape[0], weight.shape[:2]
