@@ -1,8 +1,9 @@
 """Time the Jacobian engine against its floor and the alternatives, side by side, for w and W+.
 
-Generator: a StyleGAN2-1024-shaped synthesis network with random weights (config-f channel counts, non-fused
-modulated convolutions; ``resefa_fast.jacobian.toy.ToyGenerator.config_f``), readout: the original's (nearest
-resize to 256, channel sum). Rows, for w (d = 512) and W+ (d = 9,216):
+Generator: our StyleGAN2 at 1024² with config-f channel counts and random weights
+(``resefa_fast.models.configs.random_stylegan2``: sampled last stage, explicit tangents), or with ``--generator toy``
+the config-f-shaped stand-in of the first measurements (``resefa_fast.jacobian.toy.ToyGenerator.config_f``, neither);
+readout: the original's (nearest resize to 256, channel sum). Rows, for w (d = 512) and W+ (d = 9,216):
 
 - ``forward (floor)``: a plain batched forward pass, images/s (the cost a tangent is compared with);
 - ``ours``: ``resefa_fast.jacobian`` with layer skip off, ``ours + layer skip`` (W+ only: tangent groups start
@@ -43,6 +44,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from resefa_fast.jacobian import engine, is_staged, jacobian, readouts, synthesize  # noqa: E402
 from resefa_fast.jacobian.engine import _is_oom  # noqa: E402
 from resefa_fast.jacobian.toy import ToyGenerator  # noqa: E402
+from resefa_fast.models.configs import random_stylegan2  # noqa: E402
 
 #: Forward vs reverse mode in float32 (DESIGN.md §6).
 JACOBIAN_RTOL = 1e-4
@@ -124,7 +126,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--small", action="store_true", help="CPU-sized: 32² generator, w_dim 16, readout 16²")
-    parser.add_argument("--generator", default="toy", help="'toy' (config-f-shaped stand-in) or module:factory")
+    parser.add_argument("--generator", default="stylegan2",
+                        help="'stylegan2' (ours, random weights), 'toy' (config-f-shaped stand-in) or module:factory")
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--w-dim", type=int, default=512)
     parser.add_argument("--readout-size", type=int, default=256)
@@ -194,11 +197,13 @@ def main(argv=None):
 
 
 def make_generator(args, device):
-    """The generator timed: the config-f-shaped ``ToyGenerator`` (``--small``: a 32² one), or ``--generator
+    """The generator timed: our StyleGAN2 with config-f channel counts (``--small``: channel_base 1024, at most 64
+    channels), the config-f-shaped ``ToyGenerator`` (``--generator toy``; ``--small``: a 32² one), or ``--generator
     module:factory`` called as ``factory(resolution=..., w_dim=...)``, which must return a
-    :class:`~resefa_fast.jacobian.StagedGenerator` (e.g. a StyleGAN2 of ``resefa_fast.models`` with random
-    weights)."""
-    if args.generator != "toy":
+    :class:`~resefa_fast.jacobian.StagedGenerator`."""
+    if args.generator == "stylegan2":
+        G = random_stylegan2(args.resolution, w_dim=args.w_dim, small=args.small)
+    elif args.generator != "toy":
         module, _, name = args.generator.partition(":")
         G = getattr(importlib.import_module(module), name)(resolution=args.resolution, w_dim=args.w_dim)
         assert is_staged(G), f"{args.generator} must return a StagedGenerator"
