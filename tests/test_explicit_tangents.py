@@ -120,6 +120,9 @@ def test_rows_jvp_rejects_a_start_after_a_stage_reading_the_rows():
     for rows in [(), (G.num_ws,)]:
         with pytest.raises(ValueError, match="rows"):
             G.rows_jvp(rows, 0, None, ws, torch.zeros(1, G.w_dim))
+    for stride in (0, 3, 2.0):
+        with pytest.raises(ValueError, match="stride"):
+            G.rows_jvp((1,), 0, None, ws, torch.zeros(1, G.w_dim), stride=stride)
 
 
 @pytest.mark.parametrize("size", [8, 32])  # 8: the sampled last stage (stride 4); 32: the full image

@@ -334,6 +334,8 @@ class SynthesisNetwork(nn.Module):
               f"a non-empty set of W+ rows in [0, {self.num_ws})", sorted(rows))
         check(0 <= start < self.num_stages and (start == 0 or self._rows[start - 1][1] <= min(rows)), "start",
               f"a stage in [0, {self.num_stages}) before which no stage reads W+ rows {sorted(rows)}", start)
+        check(isinstance(stride, int) and stride >= 1 and self.img_resolution % stride == 0, "stride",
+              f"an int dividing {self.img_resolution}", stride)
         x, img = state if isinstance(state, tuple) else (state, None)
         dx = dimg = None
         for i in range(start, self.num_stages):
