@@ -408,8 +408,8 @@ def _staged_groups(generator, ws: torch.Tensor, read, stride: int = 1, explicit:
 
 
 def _w_tangents(generator, w: torch.Tensor, read, stride: int = 1):
-    """The explicit tangents of a staged generator at a w latent ``[w_dim]`` (repeated on every W+ row):
-    ``t [k, w_dim] -> [k, P]``."""
+    """The explicit tangents of a staged generator at a w latent ``[w_dim]`` (repeated on every W+ row) or a W+
+    latent ``[num_ws, w_dim]``, for tangents moving every row alike: ``t [k, w_dim] -> [k, P]``."""
     ws = w.expand(generator.num_ws, generator.w_dim)[None]
 
     def tangents(t):
@@ -433,8 +433,7 @@ def _check_explicit_tangents(generator, x: torch.Tensor, read, stride: int, eval
     one random direction on every W+ row (each layer's style tangent and every activation tangent at once): a
     subclass that changed the forward pass but not ``rows_jvp`` would otherwise give a wrong J silently."""
     dw = torch.randn(1, generator.w_dim, generator=torch.Generator().manual_seed(1), dtype=x.dtype).to(x.device)
-    ws = x.expand(generator.num_ws, generator.w_dim)[None]
-    ours = _read_tangents(read, *generator.rows_jvp(range(generator.num_ws), 0, None, ws, dw, stride=stride))[0]
+    ours = _w_tangents(generator, x, read, stride)(dw)[0]
     _, theirs = jvp(evaluate, (x.clone(),), (dw[0].expand_as(x).contiguous(),))
     difference = float((ours.double() - theirs.double().reshape(-1)).norm() / theirs.double().norm())
     if not difference <= EXPLICIT_RTOL:
