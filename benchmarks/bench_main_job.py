@@ -3,8 +3,9 @@
 
 Phases, each timed on its own, then the whole ``resefa_fast.mine`` call end to end:
 - ``jacobian``: ``rf.jacobian(G, ws, readout=original)`` — W+ (9,216 tangents, layer skip): each precision, and
-  each ``--chunks`` size at ``--precision``, timed on a sample of columns (every 8th tangent of every W+ row) and
-  extrapolated (sampled J compared with the first's); the fastest chunk at ``--precision`` is timed in full;
+  each ``--chunks`` size at ``--precision``, timed on a sample of columns (every 8th tangent of every W+ row), each
+  variant after one untimed run of itself, and extrapolated (sampled J compared with the first's); the fastest
+  chunk at ``--precision`` is timed in full;
 - ``mine``: ``Factorizer(J).factorize_many(1000 boxes, k=16)`` (bulk path, float64);
 - ``end to end``: ``rf.mine(model, boxes, seeds=[0], space="wp", precision=P)``, store writes included.
 
@@ -44,7 +45,11 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def timed(device, fn):
+def timed(device, fn, warm=False):
+    """``(seconds, fn())``; ``warm``: run ``fn`` once untimed first, so that each variant pays its own first-call
+    costs (cuDNN plans for new convolution shapes, allocator growth) outside its timing, not the variant after it."""
+    if warm:
+        fn()
     synchronize(device)
     start = time.perf_counter()
     value = fn()
@@ -90,7 +95,6 @@ def main(argv=None):
 
     # Jacobian: the precisions, then chunk sizes, on a column sample (extrapolated); the best in full
     sample = torch.arange(0, d, 8)
-    rf.jacobian(G, ws[0], readout=readout, columns=sample[:64].tolist(), progress=False)  # warm-up (cuDNN plans)
     reference = None
     trials = [(p, None) for p in args.sample_precisions.split(",") if p] + [
         (args.precision, int(c)) for c in args.chunks.split(",") if c]
@@ -98,7 +102,7 @@ def main(argv=None):
     for precision, chunk in trials:
         seconds, (J, info) = timed(device, lambda p=precision, c=chunk: rf.jacobian(
             G, ws[0], readout=readout, precision=p, columns=sample.tolist(), chunk_size=c, progress=False,
-            return_info=True))
+            return_info=True), warm=True)
         reference = J.float() if reference is None else reference
         error = float((J.float() - reference).norm() / reference.norm())
         chunks = sorted(set(info.chunk_sizes)) if hasattr(info, "chunk_sizes") else None
@@ -119,7 +123,7 @@ def main(argv=None):
         try:
             seconds, (J, info) = timed(device, lambda: rf.jacobian(
                 G, ws[0], readout=readout, precision=args.precision, columns=sample.tolist(), progress=False,
-                return_info=True))
+                return_info=True), warm=True)
         finally:
             setattr(engine, switch, True)
         error = float((J.float() - reference).norm() / reference.norm())
@@ -131,9 +135,8 @@ def main(argv=None):
         G_nhwc = random_stylegan2(G.img_resolution, w_dim=G.w_dim, small=args.small).to(device)
         G_nhwc = G_nhwc.to(memory_format=torch.channels_last)
         G_nhwc.eval().requires_grad_(False)
-        rf.jacobian(G_nhwc, ws[0], readout=readout, columns=sample[:64].tolist(), progress=False)  # warm-up
         seconds, J = timed(device, lambda: rf.jacobian(G_nhwc, ws[0], readout=readout, precision=args.precision,
-                                                         columns=sample.tolist(), progress=False))
+                                                         columns=sample.tolist(), progress=False), warm=True)
         error = float((J.float() - reference).norm() / reference.norm())
         rows.append(dict(phase="jacobian (sampled, extrapolated), channels_last weights, chunk auto",
                          precision=args.precision, seconds=seconds * d / len(sample), rel_error_vs_first=error))
