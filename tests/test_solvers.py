@@ -237,15 +237,22 @@ def test_local_directions_with_large_eigenvalues(device, method, solver, dtype, 
 @pytest.mark.skipif(not (torch.cuda.is_available() and rf.backend_info()["extension"]["available"]),
                     reason="needs a GPU and the CUDA extension")
 def test_cuda_backend_bulk_matches_reference(make_jacobian):
-    """backend="cuda": the bulk path's small dense eigenproblems through the extension's batched Xsyev."""
+    """backend="cuda": the API's default route (subspace iteration for these 72-row problems, Xsyev for stragglers)
+    and the dense solver, whose small eigenproblems all go through the extension's batched Xsyev."""
+    from resefa_fast.solve.bulk import precompute, solve_bulk
+
     J = make_jacobian((32, 32), 96, seed=17, device="cuda")
     boxes = np.array([[10, 10, 8, 9], [20, 14, 6, 12], [16, 24, 12, 6]])
     out = rf.Factorizer(J, backend="cuda").factorize_many(boxes, k=4)
     assert out.info["backend"] == "cuda" and "Xsyev" in out.info["ops"]
+    dense = solve_bulk(precompute(J.reshape(1024, 96)), as_regions(boxes, (1, 32, 32), 1024, "cuda"), 4, 1e-3,
+                       "mean", solver="dense", backend="cuda")
+    assert dense.info["applications"] == [0]  # no iteration: every eigenproblem went to Xsyev
     ref = rf.factorize(J, boxes, k=5, backend="reference")
-    for r in range(3):
-        assert_matches_reference(out.eigenvalues[r], out.directions[r], ref.eigenvalues[r, :4], ref.directions[r, :4],
-                                 torch.float64, ref.eigenvalues[r, 4])
+    for solution in (out, dense):
+        for r in range(3):
+            assert_matches_reference(solution.eigenvalues[r], solution.directions[r], ref.eigenvalues[r, :4],
+                                     ref.directions[r, :4], torch.float64, ref.eigenvalues[r, 4])
 
 
 @pytest.mark.parametrize("precision", ["float16", "float32"])

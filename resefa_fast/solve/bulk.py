@@ -298,8 +298,8 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
     Regions are processed in chunks whose padded operands fit ``memory_budget`` bytes (default: a quarter of the free
     GPU memory, or 512 MiB on the CPU); regions are sorted by size first so a chunk pads little. ``solver``: "dense"
     (eigh of the small matrix), "iterative" (subspace iteration), or "auto" (dense when the small matrix has at most 32
-    rows, 256 on the CPU, 512 with the "cuda" backend's batched eigensolver, else iterative). ``backend``: "torch" or
-    "cuda" (the extension's batched Xsyev for the dense small eigenproblems). ``reduce``, ``share``: see the module
+    rows on a GPU, 256 on the CPU, else iterative). ``backend``: "torch" or "cuda" (the extension's batched Xsyev for
+    the dense small eigenproblems: those of the "dense" solver and the iterative solver's unconverged stragglers). ``reduce``, ``share``: see the module
     docstring (rows split across processes; then ``memory_budget`` must be the same on every process, so all cut the
     same chunks)."""
     check(regions.background is None, "background",
@@ -334,8 +334,11 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
         n_max = counts_sorted[stop - 1]
         m = r if reduce is not None else min(n_max, r)
         chunk_solver = solver
-        if solver == "auto":  # torch's batched dense eigh loops over the batch on GPUs above 32 rows
-            dense_max = 256 if weights.device.type == "cpu" else (512 if backend == "cuda" else 32)
+        if solver == "auto":
+            # GPU: subspace iteration above 32 rows on both backends. Measured (H100, 1,000 regions at d = 512,
+            # m = 512): 0.30 s, against 0.51 s for the extension's batched Xsyev; torch's batched dense eigh loops
+            # over the batch above 32 rows (benchmarks/NOTES.md items 7 and 16).
+            dense_max = 256 if weights.device.type == "cpu" else 32
             chunk_solver = "dense" if m <= max(dense_max, 2 * k) else "iterative"
         values, directions, residuals, bound, its = _solve_chunk(basis, weights[index], k, tau, normalize,
                                                                  chunk_solver, tol, backend, reduce, share)
