@@ -299,9 +299,9 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
     GPU memory, or 512 MiB on the CPU); regions are sorted by size first so a chunk pads little. ``solver``: "dense"
     (eigh of the small matrix), "iterative" (subspace iteration), or "auto" (dense when the small matrix has at most 32
     rows on a GPU, 256 on the CPU, else iterative). ``backend``: "torch" or "cuda" (the extension's batched Xsyev for
-    the dense small eigenproblems: those of the "dense" solver and the iterative solver's unconverged stragglers). ``reduce``, ``share``: see the module
-    docstring (rows split across processes; then ``memory_budget`` must be the same on every process, so all cut the
-    same chunks)."""
+    the dense small eigenproblems: those of the "dense" solver and the iterative solver's unconverged stragglers).
+    ``reduce``, ``share``: see the module docstring (rows split across processes; then ``memory_budget`` must be the
+    same on every process, so all cut the same chunks)."""
     check(regions.background is None, "background",
           "None for the bulk path (it needs complement backgrounds; use the general path for explicit ones)")
     weights = regions.foreground.to(basis.JV.device)
