@@ -4,7 +4,8 @@
 #   GIT_COMMIT=<sha> bash benchmarks/run_gpu.sh build tests bench:main_job bench:models ...
 #   (no arguments: build tests and every bench_*.py, which is longer than one call allows)
 # "tests" runs the test files whose tests are parametrised over CUDA; "tests:FILE" one file; "bench:NAME[:ARGS]"
-# runs benchmarks/bench_NAME.py --json $OUT/NAME.json ARGS; "train:ARGS" runs python -m resefa_fast.train ARGS.
+# runs benchmarks/bench_NAME.py --json $OUT/NAME.json ARGS; "profile:NAME[:ARGS]" benchmarks/profile_NAME.py ARGS
+# (output in $OUT/profile_NAME.log); "train:ARGS" runs python -m resefa_fast.train ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -32,6 +33,9 @@ for step in "${steps[@]}"; do
     bench:*) spec=${step#bench:}; name=${spec%%:*}; extra=""; [ "$spec" != "$name" ] && extra=${spec#*:}
       timeout 480 python3 "benchmarks/bench_$name.py" --json "$OUT/$name.json" $extra > "$OUT/$name.log" 2>&1
       status "bench_$name" "rc=$? ($(( $(date +%s) - start )) s)";;
+    profile:*) spec=${step#profile:}; name=${spec%%:*}; extra=""; [ "$spec" != "$name" ] && extra=${spec#*:}
+      timeout 480 python3 "benchmarks/profile_$name.py" $extra > "$OUT/profile_$name.log" 2>&1
+      status "profile_$name" "rc=$? ($(( $(date +%s) - start )) s)"; grep -v '^{' "$OUT/profile_$name.log" | tail -25;;
     train:*) timeout 560 python3 -m resefa_fast.train ${step#train:} > "$OUT/train.log" 2>&1
       status train "rc=$? ($(( $(date +%s) - start )) s)"; tail -5 "$OUT/train.log";;
     *) status "$step" "unknown step";;
