@@ -277,11 +277,11 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
         # B z = D_a⁻¹ K̃ᵀ K̃ D_a⁻¹ z from K̃ alone; A z = (Σ − B) z is exact enough here.
         Bz = _foreground_products(K, scale, z.transpose(1, 2), reduce).transpose(1, 2)
         Az = basis.sigma.to(dtype)[None, None, :] * z - Bz
-    n = z @ basis.V.transpose(0, 1)  # [R, k, d]
-    directions = canonical_directions(n)
-    # the sign the canonicalisation applied (directions = ±n/‖n‖), without mapping them back by V (R·k·d·r FLOPs:
-    # 2.7 TFLOP per 1,000 regions at d = 9216)
-    sign = torch.sign((directions * n).sum(-1, keepdim=True))
+    latent = z @ basis.V.transpose(0, 1)  # the directions in latent coordinates   [R, k, d]
+    directions = canonical_directions(latent)
+    # the sign the canonicalisation applied (directions = ±latent/‖latent‖), without mapping the directions back by
+    # V (R·k·d·r FLOPs: 2.7 TFLOP per 1,000 regions at d = 9216)
+    sign = torch.sign((directions * latent).sum(-1, keepdim=True))
     z, Bz, Az = sign * z, sign * Bz, sign * Az
     foreground_n = c_f[:, None, None] * Bz
     background_n = c_b[:, None, None] * Az + a[:, None, None] * z
