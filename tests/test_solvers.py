@@ -78,8 +78,11 @@ def test_explicit_background(make_jacobian, device, method):
     assert float((complement.eigenvalues - ref_values).abs().max()) > 1e-3 * float(ref_values.abs().max())
 
 
-def test_bulk_equals_general_on_many_regions(make_jacobian, device):
-    J = make_jacobian((32, 32), 64, seed=3, device=device)
+@pytest.mark.parametrize("d", [64, 256])
+def test_bulk_equals_general_on_many_regions(make_jacobian, device, d):
+    """60 boxes of 4-121 rows in one chunk, padded to the largest: at d = 64 in the column form (W = K̃ᵀK̃, most
+    regions have more rows than d), at d = 256 in the row form (W = K̃K̃ᵀ); the padding rows must count as zero."""
+    J = make_jacobian((32, 32), d, seed=3, device=device)
     rng = np.random.default_rng(0)
     boxes = np.stack([rng.integers(4, 28, 60), rng.integers(4, 28, 60), rng.integers(2, 12, 60),
                       rng.integers(2, 12, 60)], axis=1)
@@ -87,7 +90,7 @@ def test_bulk_equals_general_on_many_regions(make_jacobian, device):
     bulk = rf.Factorizer(J).factorize_many(boxes, k=k)
     general = rf.factorize(J, boxes, k=k, method="cholesky")
     ref = rf.factorize(J, boxes, k=k + 1, backend="reference")
-    assert bulk.directions.shape == (60, k, 64)
+    assert bulk.directions.shape == (60, k, d)
     for r in range(60):
         for out in (bulk, general):
             assert_matches_reference(out.eigenvalues[r], out.directions[r], ref.eigenvalues[r, :k],

@@ -6,8 +6,9 @@ With ``A = G − B`` (``G = JᵀJ``) every region's pencil shares ``C = c_b G + 
     M_f n = λ M_b n   ⇔   B n = μ C n   ⇔   (C^{-1/2} B C^{-1/2}) y = μ y,   n = C^{-1/2} y
 
 Once per Jacobian: ``G = V Σ Vᵀ`` (float64), ``JV = J V`` ``[P, r]``, row energies ``e_p``.
-Per region, with ``D_a = (c_b Σ + a)^{-1/2}`` and ``K̃ = diag(√m) · JV[region rows] · D_a`` (one gather and two
-scalings), ``μ`` are the eigenvalues of ``W``, the smaller Gram of K̃ (``K̃K̃ᵀ`` ``[n, n]`` or ``K̃ᵀK̃`` ``[r, r]``):
+Per region, with ``D_a = (c_b Σ + a)^{-1/2}`` and ``K̃ = diag(√m) · JV[region rows] · D_a`` (one gather; the row
+scaling only for soft masks, the column scaling only where ``K̃`` itself is a GEMM operand, i.e. for ``K̃K̃ᵀ``),
+``μ`` are the eigenvalues of ``W``, the smaller Gram of K̃ (``K̃K̃ᵀ`` ``[n, n]`` or ``K̃ᵀK̃`` ``[r, r]``):
 dense eigh when W is small, else Chebyshev-filtered subspace iteration (``μ`` bunches just below ``1/c_b`` when
 λ is large, which the filter handles far better than plain subspace iteration). Then ``λ = μ c_f / (1 − μ c_b)``.
 
@@ -136,8 +137,12 @@ def _row_sum(partial: torch.Tensor, reduce: Reduce) -> torch.Tensor:
     return partial if reduce is None else reduce(partial)
 
 
-def _foreground_products(K: torch.Tensor, scale: torch.Tensor, X: torch.Tensor, reduce: Reduce) -> torch.Tensor:
-    """``B X = D_a⁻¹ K̃ᵀ K̃ D_a⁻¹ X`` for ``X`` ``[R, r, b]`` (V coordinates) from the foreground rows K̃."""
+def _foreground_products(K: torch.Tensor, scale: Optional[torch.Tensor], X: torch.Tensor,
+                         reduce: Reduce) -> torch.Tensor:
+    """``B X`` for ``X`` ``[R, r, b]`` (V coordinates) from the foreground rows: ``K = diag(√m) JV[rows]``
+    (``scale`` None) or ``K̃ = K D_a`` (``scale`` = D_a, divided out: ``B X = D_a⁻¹ K̃ᵀ K̃ D_a⁻¹ X``)."""
+    if scale is None:
+        return _row_sum(K.transpose(1, 2) @ (K @ X), reduce)
     return _row_sum(K.transpose(1, 2) @ (K @ (X / scale[:, :, None])), reduce) / scale[:, :, None]
 
 
@@ -200,7 +205,8 @@ def _transformed_eigenvectors(W: torch.Tensor, c_b: torch.Tensor, k: int, solver
 
 def _pencil_rayleigh_ritz(basis: BulkBasis, weights, K, scale, Z, c_f, c_b, a, k, reduce: Reduce = None):
     """Rayleigh–Ritz of the exact pencil ``(M_f, M_b)`` on the span of ``Z`` ``[R, r, b]`` (V coordinates), with
-    ``A Z`` from the background rows (no cancellation). Returns ``(λ [R, k], z [R, k, r] unit, B z, A z)``."""
+    ``A Z`` from the background rows (no cancellation); ``K``, ``scale`` as :func:`_foreground_products` takes them.
+    Returns ``(λ [R, k], z [R, k, r] unit, B z, A z)``."""
     Z = orthonormalize(Z)
     Bz = _foreground_products(K, scale, Z, reduce)  # [R, r, b]
     Az = _background_products(basis, weights, Z.transpose(1, 2), reduce).transpose(1, 2)  # [R, r, b]
@@ -254,10 +260,18 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
                           "precision of the Jacobian (its Gram JᵀJ is rank-deficient); use tau > 0 (default 1e-3)")
     scale = (c_b[:, None] * sigma[None, :] + a[:, None]).rsqrt().to(dtype)  # D_a   [R, r]
     K = basis.JV[rows]  # the one gather of the chunk   [R, n, r]
-    K.mul_(w.sqrt()[..., None]).mul_(scale[:, None, :])  # K̃ = diag(√m) JV[rows] D_a, in place
+    if bool(((w == 0) | (w == 1)).all()):  # hard masks: √m is 1 on a region's rows, so only its padding is zeroed
+        K[w == 0] = 0
+    else:
+        K.mul_(w.sqrt()[..., None])  # diag(√m) JV[rows], in place
     n = K.shape[1]
     row_form = reduce is None and n <= r  # work in the smaller of the two spaces (only K̃ᵀK̃ sums over processes)
-    W = batched_row_gram(K) if row_form else _row_sum(K.transpose(1, 2) @ K, reduce)  # [R, m, m]
+    if row_form:  # W = K̃K̃ᵀ with K̃ = K D_a (in place: the GEMM's two operands)
+        K_scale = scale
+        W = batched_row_gram(K.mul_(scale[:, None, :]))  # [R, n, n]
+    else:  # W = K̃ᵀK̃ = D_a (KᵀK) D_a: the scaling on the r×r product, no pass over K
+        K_scale = None
+        W = _row_sum(K.transpose(1, 2) @ K, reduce) * scale[:, :, None] * scale[:, None, :]  # [R, r, r]
     # Top μ of W; ν = μ / (1 − c_b μ) cancels log10(1 + λ c_b / c_f) digits, refined below where that matters.
     mu, u, applications = _per_region(share, _top_eigenpairs, (W,), k, solver, tol, backend)
     y = K.transpose(1, 2) @ u if row_form else u  # right singular vectors of K̃ (unnormalised)   [R, r, b]
@@ -270,12 +284,12 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
         u, more = _per_region(share, _transformed_eigenvectors, (W, c_b), k, solver, tol, tau, backend)
         applications += more
         z = scale[:, :, None] * (K.transpose(1, 2) @ u if row_form else u)
-        eigenvalues, z, Bz, Az = _pencil_rayleigh_ritz(basis, weights, K, scale, z, c_f, c_b, a, k, reduce)
+        eigenvalues, z, Bz, Az = _pencil_rayleigh_ritz(basis, weights, K, K_scale, z, c_f, c_b, a, k, reduce)
     else:
         z = z[:, :, :k].transpose(1, 2)
         z = z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # [R, k, r]
-        # B z = D_a⁻¹ K̃ᵀ K̃ D_a⁻¹ z from K̃ alone; A z = (Σ − B) z is exact enough here.
-        Bz = _foreground_products(K, scale, z.transpose(1, 2), reduce).transpose(1, 2)
+        # B z from the foreground rows alone; A z = (Σ − B) z is exact enough here.
+        Bz = _foreground_products(K, K_scale, z.transpose(1, 2), reduce).transpose(1, 2)
         Az = basis.sigma.to(dtype)[None, None, :] * z - Bz
     latent = z @ basis.V.transpose(0, 1)  # the directions in latent coordinates   [R, k, d]
     directions = canonical_directions(latent)
