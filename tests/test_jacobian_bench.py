@@ -28,3 +28,18 @@ def test_bench_row_survives_out_of_memory():
     row = bench_jacobian.measure(bench_jacobian.Timer("cpu"), oom, 4, 16, space="w", method="x", unit="tangents")
     assert row["error"] == "out of memory" and row["seconds"] is None
     bench_jacobian.print_table([row])
+
+
+def test_profile_tangents_small_runs(tmp_path, capsys, one_thread):
+    """The explicit-vs-torch.func profile (benchmarks/profile_tangents.py) times every W+ row of the engine's own
+    groups, both ways, on the same columns: the two Jacobian blocks it compares agree to float32 rounding."""
+    import profile_tangents
+
+    path = str(tmp_path / "tangents.json")
+    profile_tangents.main(["--small", "--device", "cpu", "--precision", "float32", "--chunk", "8", "--repeats", "1",
+                           "--json", path])
+    report = json.load(open(path))
+    assert [r["row"] for r in report["rows"]] == list(range(len(report["rows"]))) and len(report["rows"]) > 2
+    assert all(r["explicit_ms"] > 0 and r["func_ms"] > 0 for r in report["rows"])
+    assert max(r["rel_difference"] for r in report["rows"]) <= 1e-5
+    assert "| all |" in capsys.readouterr().out
