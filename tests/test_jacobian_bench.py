@@ -43,3 +43,4 @@ def test_profile_tangents_small_runs(tmp_path, capsys, one_thread):
     assert all(r["explicit_ms"] > 0 and r["func_ms"] > 0 for r in report["rows"])
     assert max(r["rel_difference"] for r in report["rows"]) <= 1e-5
     assert "| all |" in capsys.readouterr().out
+
