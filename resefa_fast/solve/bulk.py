@@ -271,7 +271,7 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
         W = batched_row_gram(K.mul_(scale[:, None, :]))  # [R, n, n]
     else:  # W = K̃ᵀK̃ = D_a (KᵀK) D_a: the scaling on the r×r product, no pass over K
         K_scale = None
-        W = _row_sum(K.transpose(1, 2) @ K, reduce) * scale[:, :, None] * scale[:, None, :]  # [R, r, r]
+        W = _row_sum(K.transpose(1, 2) @ K, reduce).mul_(scale[:, :, None]).mul_(scale[:, None, :])  # [R, r, r]
     # Top μ of W; ν = μ / (1 − c_b μ) cancels log10(1 + λ c_b / c_f) digits, refined below where that matters.
     mu, u, applications = _per_region(share, _top_eigenpairs, (W,), k, solver, tol, backend)
     y = K.transpose(1, 2) @ u if row_form else u  # right singular vectors of K̃ (unnormalised)   [R, r, b]
