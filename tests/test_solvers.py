@@ -97,6 +97,70 @@ def test_bulk_equals_general_on_many_regions(make_jacobian, device, d):
                                      ref.directions[r, :k], torch.float64, ref.eigenvalues[r, k])
 
 
+def _tf32_rounded(K):
+    """float32 with the mantissa cut to TF32's 10 bits: the mixed route's approximate Gram as coarse as a GPU's
+    tensor cores make it, on any device."""
+    return (K.float().contiguous().view(torch.int32) & ~0x1FFF).view(torch.float32)
+
+
+@pytest.mark.parametrize("weights", ["boxes", "soft boxes", "no iterations left"])
+def test_bulk_mixed_gram_matches_reference(make_jacobian, device, monkeypatch, weights):
+    """gram="mixed" (benchmarks/NOTES.md item 19): the per-region Gram K̃K̃ᵀ from TF32-rounded operands, float64
+    eigenpairs from a few exact products; with no products left (MIXED_MAX_PRODUCTS = 1) every region falls back to
+    its float64 Gram. 60 boxes of 4-121 rows at d = 256: the row form, where the route applies."""
+    from resefa_fast.solve import bulk
+
+    monkeypatch.setattr(bulk, "_approximate_operands", _tf32_rounded)
+    if weights == "no iterations left":
+        monkeypatch.setattr(bulk, "MIXED_MAX_PRODUCTS", 1)
+    J = make_jacobian((32, 32), 256, seed=3, device=device)
+    rng = np.random.default_rng(0)
+    boxes = np.stack([rng.integers(4, 28, 60), rng.integers(4, 28, 60), rng.integers(2, 12, 60),
+                      rng.integers(2, 12, 60)], axis=1)
+    regions = as_regions(boxes, (1, 32, 32), 1024, device)
+    if weights == "soft boxes":
+        soft = torch.rand(regions.foreground.shape, generator=torch.Generator().manual_seed(1)).to(device)
+        regions = type(regions)(regions.foreground * (0.2 + 0.8 * soft), None)
+    k = 3
+    # the fallback's own solver iterative, so that its operator applications show in the count
+    out = bulk.solve_bulk(bulk.precompute(J.reshape(1024, 256)), regions, k, 1e-3, "mean", solver="iterative",
+                          gram="mixed")
+    assert out.info["gram"] == "mixed"
+    applications = out.info["applications"][0]
+    assert applications <= bulk.MIXED_MAX_PRODUCTS if weights != "no iterations left" else applications > 1
+    ref = rf.factorize(J, regions.foreground.reshape(60, 32, 32).cpu(), k=k + 1, backend="reference")
+    for r in range(60):
+        assert_matches_reference(out.eigenvalues[r], out.directions[r], ref.eigenvalues[r, :k],
+                                 ref.directions[r, :k], torch.float64, ref.eigenvalues[r, k])
+
+
+def test_bulk_mixed_gram_with_large_eigenvalues(device, monkeypatch):
+    """The mixed route where λ c_b / c_f reaches 1e8 (ten latent dims move one box only): the transformed pencil
+    needs the Gram itself, which the route then forms in float64; the result meets the reference."""
+    from resefa_fast.solve import bulk
+
+    monkeypatch.setattr(bulk, "_approximate_operands", _tf32_rounded)
+    box = (12, 12, 9, 9)  # 81 rows < d = 128: the row form
+    J = random_jacobian((24, 24), 128, seed=13, rank=40, noise=1e-6, device=device).reshape(24, 24, 128)
+    inside = rf.box_mask(box, (24, 24)).bool().to(device)
+    J[inside, :10] += 30 * torch.randn(81, 10, generator=torch.Generator().manual_seed(0)).to(device)
+    ref = rf.factorize(J, box, k=7, tau=1e-6, backend="reference")
+    assert float(ref.eigenvalues[0]) > 1e4
+    out = bulk.solve_bulk(bulk.precompute(J.reshape(576, 128)), as_regions(box, (1, 24, 24), 576, device), 6, 1e-6,
+                          "mean", gram="mixed")
+    assert_matches_reference(out.eigenvalues[0], out.directions[0], ref.eigenvalues[:6], ref.directions[:6],
+                             torch.float64, ref.eigenvalues[6])
+
+
+def test_bulk_rejects_an_unknown_gram(make_jacobian):
+    from resefa_fast.solve import bulk
+
+    J = make_jacobian((8, 8), 16, seed=1)
+    with pytest.raises(Exception, match="`gram`"):
+        bulk.solve_bulk(bulk.precompute(J.reshape(64, 16)), as_regions((2, 2, 3, 3), (1, 8, 8), 64, "cpu"), 2, 1e-3,
+                        "mean", gram="float32")
+
+
 def test_large_dimension_cpu(make_jacobian):
     """d = 2048 on the CPU (the largest size the issue asks for there), bulk and general."""
     J = make_jacobian((48, 48), 2048, seed=21, rank=60)
@@ -484,16 +548,16 @@ def test_topk_eigh_batched_equals_per_matrix_calls(device):
 
 
 def test_tf32_context_restores_the_flag():
-    from resefa_fast.solve.refined import _tf32_matmuls
+    from resefa_fast.solve.common import tf32_matmuls
 
     saved = torch.backends.cuda.matmul.allow_tf32
     try:
         for before in (False, True):
             torch.backends.cuda.matmul.allow_tf32 = before
-            with _tf32_matmuls(True):
+            with tf32_matmuls(True):
                 assert torch.backends.cuda.matmul.allow_tf32
             assert torch.backends.cuda.matmul.allow_tf32 == before
-            with _tf32_matmuls(False):  # never turns a user's TF32 off
+            with tf32_matmuls(False):  # never turns a user's TF32 off
                 assert torch.backends.cuda.matmul.allow_tf32 == before
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved

@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 from ..errors import ResefaError, check
 from ..gram import batched_row_gram, gram, row_energies
 from ..regions import Regions
-from .common import (Solution, canonical_directions, orthonormalize, relative_residuals, scale_constants,
-                     topk_eigh)
+from .common import (Solution, canonical_directions, default_tolerance, orthonormalize, relative_residuals,
+                     scale_constants, small_eigh, tf32_matmuls, topk_eigh)
 
 
 #: In-place sum of a tensor over the processes that hold the other rows of J (returns it); None: all rows are here.
@@ -186,6 +186,58 @@ def _top_eigenpairs(W: torch.Tensor, k: int, solver: str, tol: Optional[float], 
     return values, vectors, applications
 
 
+#: Exact float64 products the mixed route may spend before a region falls back to its float64 Gram.
+MIXED_MAX_PRODUCTS = 6
+#: Neumann-series terms of the mixed route's correction (benchmarks/study_mixed_bulk.py: 2 reach float64 residuals
+#: in 3 exact products from a TF32 Gram).
+MIXED_NEUMANN_TERMS = 2
+
+
+def _approximate_operands(K: torch.Tensor) -> torch.Tensor:
+    """The operands of the approximate Gram: ``K`` in float32 (rounded to TF32 by the tensor cores on GPUs)."""
+    return K.float()
+
+
+def _mixed_top_eigenpairs(K: torch.Tensor, k: int, tol: Optional[float]):
+    """Top eigenpairs of ``W = K Kᵀ`` ``[R, n, n]`` for ``K`` ``[R, n, r]`` (float64) without forming W in float64
+    (benchmarks/NOTES.md item 19): ``W̃`` from float32 operands on TF32 tensor cores, its top block by subspace
+    iteration in float32, then steps of one exact product ``K(KᵀX)``, Rayleigh–Ritz, and the first-order correction
+    ``(θ_i − W̃)⁻¹ R`` on the complement of the block from :data:`MIXED_NEUMANN_TERMS` terms of its Neumann series
+    (products with W̃ only). Returns ``(values [R, b], vectors [R, n, b], exact products, converged [R])``;
+    regions not converged within :data:`MIXED_MAX_PRODUCTS` products are the caller's to finish."""
+    tol = default_tolerance(torch.float64) if tol is None else tol
+    R, n, _ = K.shape
+    block = min(n, max(2 * k, k + 8))
+    with tf32_matmuls(True):
+        approximate = _approximate_operands(K)
+        W_approx = batched_row_gram(approximate)  # [R, n, n] float32
+        del approximate
+        _, X, _, _, _ = topk_eigh(lambda Y: W_approx @ Y, n, k, batch=(R,), dtype=torch.float32, device=K.device,
+                                  block=block, return_block=True)
+    X = orthonormalize(X.double())
+    for products in range(1, MIXED_MAX_PRODUCTS + 1):
+        Y = K @ (K.transpose(1, 2) @ X)  # the exact product of the step
+        theta, Q = small_eigh(X.transpose(1, 2) @ Y)
+        theta, Q = theta.flip(-1), Q.flip(-1)
+        X, Y = X @ Q, Y @ Q
+        R = Y - X * theta[:, None, :]
+        scale = theta[:, :1].abs().clamp_min(torch.finfo(torch.float64).tiny)
+        residual = torch.linalg.vector_norm(R[..., :k], dim=1) / scale
+        converged = (residual <= tol).all(dim=-1)
+        if bool(converged.all()) or products == MIXED_MAX_PRODUCTS:
+            return theta, X, products, converged
+        # X += Σ_m (P W̃ P / θ)^m P R / θ, P = I − X Xᵀ: the correction (θ_i − W̃)⁻¹ R off the block
+        inverse = theta.clamp_min(torch.finfo(torch.float64).tiny).reciprocal()[:, None, :]
+        project = lambda V: V - X @ (X.transpose(1, 2) @ V)  # noqa: E731
+        term = project(R) * inverse
+        correction = term.clone()
+        for _ in range(MIXED_NEUMANN_TERMS):
+            with tf32_matmuls(True):
+                term = project((W_approx @ term.float()).double()) * inverse
+            correction += term
+        X = orthonormalize(X + correction)
+
+
 def _transformed_eigenvectors(W: torch.Tensor, c_b: torch.Tensor, k: int, solver: str, tol: Optional[float],
                               tau: float, backend: str):
     """A block of eigenvectors of ``W`` ``[R, m, b]`` separated by ν = μ / (1 − c_b μ) instead of μ: the top of
@@ -244,7 +296,8 @@ def _region_totals(basis: BulkBasis, weights: torch.Tensor, counts: torch.Tensor
 
 
 def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, normalize: str, solver: str,
-                 tol: Optional[float], backend: str, reduce: Reduce = None, share: Share = None):
+                 tol: Optional[float], backend: str, reduce: Reduce = None, share: Share = None,
+                 gram: str = "float64"):
     """Solve R regions given by foreground ``weights`` ``[R, P]`` at once (padded batch)."""
     dtype = basis.JV.dtype
     r = basis.JV.shape[1]
@@ -268,12 +321,21 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
     row_form = reduce is None and n <= r  # work in the smaller of the two spaces (only K̃ᵀK̃ sums over processes)
     if row_form:  # W = K̃K̃ᵀ with K̃ = K D_a (in place: the GEMM's two operands)
         K_scale = scale
-        W = batched_row_gram(K.mul_(scale[:, None, :]))  # [R, n, n]
+        K.mul_(scale[:, None, :])
+        W = None if gram == "mixed" else batched_row_gram(K)  # [R, n, n]
     else:  # W = K̃ᵀK̃ = D_a (KᵀK) D_a: the scaling on the r×r product, no pass over K
         K_scale = None
         W = _row_sum(K.transpose(1, 2) @ K, reduce).mul_(scale[:, :, None]).mul_(scale[:, None, :])  # [R, r, r]
     # Top μ of W; ν = μ / (1 − c_b μ) cancels log10(1 + λ c_b / c_f) digits, refined below where that matters.
-    mu, u, applications = _per_region(share, _top_eigenpairs, (W,), k, solver, tol, backend)
+    if W is None:  # the mixed route; regions it does not finish get their float64 Gram
+        mu, u, applications, converged = _mixed_top_eigenpairs(K, k, tol)
+        if not bool(converged.all()):
+            stragglers = torch.nonzero(~converged).flatten()
+            values, vectors, more = _top_eigenpairs(batched_row_gram(K[stragglers]), k, solver, tol, backend)
+            mu[stragglers], u[stragglers] = values, vectors
+            applications += more
+    else:
+        mu, u, applications = _per_region(share, _top_eigenpairs, (W,), k, solver, tol, backend)
     y = K.transpose(1, 2) @ u if row_form else u  # right singular vectors of K̃ (unnormalised)   [R, r, b]
     z = scale[:, :, None] * y  # n = V z
     c_f, c_b, a = c_f.to(dtype), c_b.to(dtype), a.to(dtype)
@@ -281,6 +343,7 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
     if float((eigenvalues * (c_b / c_f)[:, None]).abs().max()) > 100.0:  # > 2 of float64's 16 digits at stake
         # μ bunches below 1/c_b: its top eigenvectors are an arbitrary basis of the bunch. The transformed pencil
         # W u = ν (I − c_b W) u has λ's own gaps; then Rayleigh–Ritz on the exact pencil polishes λ.
+        W = batched_row_gram(K) if W is None else W  # the transform needs W itself (I − c_b W = L Lᵀ)
         u, more = _per_region(share, _transformed_eigenvectors, (W, c_b), k, solver, tol, tau, backend)
         applications += more
         z = scale[:, :, None] * (K.transpose(1, 2) @ u if row_form else u)
@@ -309,7 +372,7 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
 def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize: str, solver: str = "auto",
                tol: Optional[float] = None, memory_budget: Optional[int] = None,
                progress: Optional[bool] = None, backend: str = "torch", reduce: Reduce = None,
-               share: Share = None) -> Solution:
+               share: Share = None, gram: str = "float64") -> Solution:
     """Top-k directions for every region of ``regions`` (complement backgrounds only) from a :class:`BulkBasis`.
 
     Regions are processed in chunks whose padded operands fit ``memory_budget`` bytes (default: a quarter of the free
@@ -318,7 +381,11 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
     rows on a GPU, 256 on the CPU, else iterative). ``backend``: "torch" or "cuda" (the extension's batched Xsyev for
     the dense small eigenproblems: those of the "dense" solver and the iterative solver's unconverged stragglers).
     ``reduce``, ``share``: see the module docstring (rows split across processes; then ``memory_budget`` must be the
-    same on every process, so all cut the same chunks)."""
+    same on every process, so all cut the same chunks). ``gram``: "float64", or "mixed" (experimental, not yet
+    measured on a GPU: where the per-region Gram is ``K̃K̃ᵀ``, it is formed from float32 operands on TF32 tensor
+    cores and only approximates; float64 eigenpairs then come from a few exact products, and a region that does
+    not converge in :data:`MIXED_MAX_PRODUCTS` gets its float64 Gram; see :func:`_mixed_top_eigenpairs`)."""
+    check(gram in ("float64", "mixed"), "gram", '"float64" or "mixed"', repr(gram))
     check(regions.background is None, "background",
           "None for the bulk path (it needs complement backgrounds; use the general path for explicit ones)")
     weights = regions.foreground.to(basis.JV.device)
@@ -344,7 +411,8 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
         while stop < R:  # grow the chunk while K̃ and W (padded to the largest region) fit the budget
             n = counts_sorted[stop]
             m = r if reduce is not None else min(n, r)
-            if (stop + 1 - start) * (n * r + 3 * m * m) * itemsize > memory_budget:
+            mixed = 4 * (n * r + n * n) if gram == "mixed" and m == n else 0  # float32 operands and W̃
+            if (stop + 1 - start) * ((n * r + 3 * m * m) * itemsize + mixed) > memory_budget:
                 break
             stop += 1
         index = order[start:stop]
@@ -358,7 +426,7 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
             dense_max = 256 if weights.device.type == "cpu" else 32
             chunk_solver = "dense" if m <= max(dense_max, 2 * k) else "iterative"
         values, directions, residuals, bound, its = _solve_chunk(basis, weights[index], k, tau, normalize,
-                                                                 chunk_solver, tol, backend, reduce, share)
+                                                                 chunk_solver, tol, backend, reduce, share, gram)
         out_values[index], out_directions[index], out_residuals[index] = values, directions, residuals
         out_bound[index] = bound.to(out_bound.device)
         iterations.append(its)
@@ -367,5 +435,5 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
     bar.close()
     info = {"path": "bulk", "ops": "cuda extension (batched Xsyev)" if backend == "cuda" else "torch",
             "rank": basis.rank, "dtype": str(basis.JV.dtype).replace("torch.", ""),
-            "applications": iterations, "truncation_bound": out_bound}
+            "applications": iterations, "truncation_bound": out_bound, "gram": gram}
     return Solution(out_values, out_directions, out_residuals, info)

@@ -6,6 +6,7 @@ Glossary (DESIGN.md §1): P pixels (rows of J), d latent dims, R regions, k dire
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
@@ -81,6 +82,18 @@ def default_tolerance(dtype: torch.dtype) -> float:
     3.5e-5, float64 1.5e-9). A residual r moves an eigenvalue by about ``r²/gap`` and a direction by ``r/gap``, so
     with relative gaps >= 1e-2 this meets DESIGN.md §6 (eigenvalues 1e-4 / 1e-10, |cos| >= 0.9999) with margin."""
     return 0.1 * torch.finfo(dtype).eps ** 0.5
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool):
+    """float32 matrix products on TF32 tensor cores inside the block (flag restored after; never turns a user's
+    TF32 off)."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled or saved
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 #: Largest symmetric matrix that :func:`small_eigh` sends to the host when it comes from a GPU on its own.

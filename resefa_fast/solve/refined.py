@@ -19,7 +19,6 @@ and the result meets the float64 route's residual tolerance, not the approximati
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
@@ -27,7 +26,7 @@ import torch
 from ..errors import ResefaError
 from .._ext import extension_status
 from ..gram import approximate_gram, column_scales, half_gram, row_energies_float64
-from .common import default_tolerance, relative_residuals, scale_constants, small_eigh
+from .common import default_tolerance, relative_residuals, scale_constants, small_eigh, tf32_matmuls
 
 #: Bytes of float64 Jacobian rows converted at once by :func:`exact_products` (a reused chunk, not a copy of J).
 CHUNK_BYTES = 1 << 29
@@ -150,17 +149,6 @@ def _rayleigh_ritz(pencil: _Pencil, Z, Y, FZ, BZ, keep: int):
     return theta, Z @ C, Y @ C, FZ @ C, BZ @ C
 
 
-@contextlib.contextmanager
-def _tf32_matmuls(enabled: bool):
-    """float32 matrix products on TF32 tensor cores inside the block (flag restored after)."""
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled or saved
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def _tf32_split(A: torch.Tensor):
     """``A = hi + lo`` (float32) with ``hi`` exactly representable in TF32 (the 13 low mantissa bits cleared)."""
     hi = (A.view(torch.int32) & -8192).view(torch.float32)
@@ -174,7 +162,7 @@ def matmul_split_tf32(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     GEMM: about 3× faster on an H100 for large products."""
     A1, A2 = _tf32_split(A.contiguous())
     B1, B2 = _tf32_split(B.contiguous())
-    with _tf32_matmuls(True):
+    with tf32_matmuls(True):
         out = A1 @ B1
         out.addmm_(A1, B2).addmm_(A2, B1)
     return out
