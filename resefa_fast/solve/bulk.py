@@ -220,16 +220,18 @@ def _mixed_top_eigenpairs(K: torch.Tensor, k: int, tol: Optional[float]):
         theta, Q = small_eigh(X.transpose(1, 2) @ Y)
         theta, Q = theta.flip(-1), Q.flip(-1)
         X, Y = X @ Q, Y @ Q
-        R = Y - X * theta[:, None, :]
+        residuals = Y - X * theta[:, None, :]
         scale = theta[:, :1].abs().clamp_min(torch.finfo(torch.float64).tiny)
-        residual = torch.linalg.vector_norm(R[..., :k], dim=1) / scale
+        residual = torch.linalg.vector_norm(residuals[..., :k], dim=1) / scale
         converged = (residual <= tol).all(dim=-1)
         if bool(converged.all()) or products == MIXED_MAX_PRODUCTS:
             return theta, X, products, converged
-        # X += Σ_m (P W̃ P / θ)^m P R / θ, P = I − X Xᵀ: the correction (θ_i − W̃)⁻¹ R off the block
-        inverse = theta.clamp_min(torch.finfo(torch.float64).tiny).reciprocal()[:, None, :]
+        # X += Σ_m (P W̃ P / θ)^m P R / θ, P = I − X Xᵀ: the correction (θ_i − W̃)⁻¹ R off the block; none for
+        # Ritz values at W's numerical null space (a region with fewer rows than the block, or padding)
+        null = theta <= scale * torch.finfo(torch.float64).eps ** 0.5
+        inverse = torch.where(null, 0.0, 1.0 / torch.where(null, 1.0, theta))[:, None, :]
         project = lambda V: V - X @ (X.transpose(1, 2) @ V)  # noqa: E731
-        term = project(R) * inverse
+        term = project(residuals) * inverse
         correction = term.clone()
         for _ in range(MIXED_NEUMANN_TERMS):
             with tf32_matmuls(True):
