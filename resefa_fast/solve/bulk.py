@@ -188,6 +188,8 @@ def _top_eigenpairs(W: torch.Tensor, k: int, solver: str, tol: Optional[float], 
 
 #: Exact float64 products the mixed route may spend before a region falls back to its float64 Gram.
 MIXED_MAX_PRODUCTS = 6
+#: Residual tolerance and work bound of the mixed route's float32 start on W̃ (its own accuracy is ≈ 1e-3).
+MIXED_START_TOL, MIXED_START_APPLICATIONS = 1e-3, 64
 #: Neumann-series terms of the mixed route's correction (benchmarks/study_mixed_bulk.py: 2 reach float64 residuals
 #: in 3 exact products from a TF32 Gram).
 MIXED_NEUMANN_TERMS = 2
@@ -204,7 +206,10 @@ def _mixed_top_eigenpairs(K: torch.Tensor, k: int, tol: Optional[float]):
     iteration in float32, then steps of one exact product ``K(KᵀX)``, Rayleigh–Ritz, and the first-order correction
     ``(θ_i − W̃)⁻¹ R`` on the complement of the block from :data:`MIXED_NEUMANN_TERMS` terms of its Neumann series
     (products with W̃ only). Returns ``(values [R, b], vectors [R, n, b], exact products, converged [R])``;
-    regions not converged within :data:`MIXED_MAX_PRODUCTS` products are the caller's to finish."""
+    regions not converged within :data:`MIXED_MAX_PRODUCTS` products are the caller's to finish. Seen on the CPU:
+    a region with fewer rows than the block (k = 16: under 32) can break the float32 start down (LAPACK's float32
+    eigh returned NaN on its Rayleigh quotient); it then starts from a random block and usually ends in the
+    caller's float64 fallback: correct, not fast. Face-part boxes have hundreds of rows."""
     tol = default_tolerance(torch.float64) if tol is None else tol
     R, n, _ = K.shape
     block = min(n, max(2 * k, k + 8))
@@ -212,9 +217,17 @@ def _mixed_top_eigenpairs(K: torch.Tensor, k: int, tol: Optional[float]):
         approximate = _approximate_operands(K)
         W_approx = batched_row_gram(approximate)  # [R, n, n] float32
         del approximate
+        # only a start: as accurate as W̃ itself (1e-3) and bounded in work; a start that broke down in float32
+        # (NaN, e.g. a block wider than the region's rank) is replaced by the shared random one
         _, X, _, _, _ = topk_eigh(lambda Y: W_approx @ Y, n, k, batch=(R,), dtype=torch.float32, device=K.device,
-                                  block=block, return_block=True)
-    X = orthonormalize(X.double())
+                                  block=block, return_block=True, tol=MIXED_START_TOL,
+                                  max_applications=MIXED_START_APPLICATIONS)
+    X = X.double()
+    broken = ~torch.isfinite(X).all(dim=2).all(dim=1)
+    if bool(broken.any()):
+        start = torch.randn(n, block, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        X[broken] = start.to(X.device)
+    X = orthonormalize(X)
     for products in range(1, MIXED_MAX_PRODUCTS + 1):
         Y = K @ (K.transpose(1, 2) @ X)  # the exact product of the step
         theta, Q = small_eigh(X.transpose(1, 2) @ Y)
