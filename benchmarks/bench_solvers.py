@@ -142,27 +142,26 @@ def run_dim(d, args, device):
     many = as_regions(boxes, (1, grid, grid), P, device)
     pre_time, basis = timed(lambda: precompute(J), device, 1)
     solve_time, out = timed(lambda: solve_bulk(basis, many, k, 1e-3, "mean"), device, 1)
+
+    def bulk_variant(label, **options):
+        """Time the bulk path with ``options`` on the same basis and regions, compared with the default's result."""
+        seconds, variant = timed(lambda: solve_bulk(basis, many, k, 1e-3, "mean", **options), device, 1)
+        rel = float(((variant.eigenvalues - out.eigenvalues).abs() / out.eigenvalues.abs()).max())
+        rows.append(dict(base, method=f"bulk, {label}: {args.regions} regions (after precompute)",
+                         regions=args.regions, seconds=seconds, eig_rel_err=rel,
+                         min_cos=float((variant.directions * out.directions).sum(-1).abs().min())))
+        print(f"  d={d} bulk, {label}: {args.regions} regions {seconds:.3f} s (vs the default: rel {rel:.1e}); "
+              f"operator applications per chunk {variant.info['applications']}", flush=True)
+
     if device.type == "cuda" and rf.backend_info()["extension"]["available"]:
         # up to 512 rows the dense route the iterative default replaced (the extension's batched Xsyev), timed
         # beside it so that the dispatch stays a measured choice; above, the default route with Xsyev stragglers
-        cuda_solver = "dense" if d <= 512 else "auto"
-        cuda_time, cuda_out = timed(lambda: solve_bulk(basis, many, k, 1e-3, "mean", backend="cuda",
-                                                       solver=cuda_solver), device, 1)
-        rel = float(((cuda_out.eigenvalues - out.eigenvalues).abs() / out.eigenvalues.abs()).max())
-        label = "dense per-region eigh (Xsyev)" if cuda_solver == "dense" else "auto"
-        rows.append(dict(base, method=f"bulk, cuda backend, {label}: {args.regions} regions (after precompute)",
-                         regions=args.regions, seconds=cuda_time, eig_rel_err=rel, min_cos=float(
-                             (cuda_out.directions * out.directions).sum(-1).abs().min())))
-        print(f"  d={d} bulk cuda backend {args.regions} regions {cuda_time:.3f} s (vs torch ops: rel {rel:.1e})",
-              flush=True)
+        if d <= 512:
+            bulk_variant("cuda backend, dense per-region eigh (Xsyev)", backend="cuda", solver="dense")
+        else:
+            bulk_variant("cuda backend, auto", backend="cuda")
     if device.type == "cuda" and d > 512:  # the mixed route applies to the row form (regions smaller than d)
-        mixed_time, mixed_out = timed(lambda: solve_bulk(basis, many, k, 1e-3, "mean", gram="mixed"), device, 1)
-        rel = float(((mixed_out.eigenvalues - out.eigenvalues).abs() / out.eigenvalues.abs()).max())
-        rows.append(dict(base, method=f"bulk, mixed Gram (TF32 + exact float64 products): {args.regions} regions "
-                         "(after precompute)", regions=args.regions, seconds=mixed_time, eig_rel_err=rel,
-                         min_cos=float((mixed_out.directions * out.directions).sum(-1).abs().min())))
-        print(f"  d={d} bulk mixed Gram {args.regions} regions {mixed_time:.3f} s (vs float64: rel {rel:.1e}); "
-              f"exact products per chunk {mixed_out.info['applications']}", flush=True)
+        bulk_variant("mixed Gram (TF32 + exact float64 products)", gram="mixed")
     # check a few of them against the general path (itself checked against the reference above)
     worst_rel, worst_cos = 0.0, 1.0
     for r in range(0, args.regions, max(1, args.regions // 4)):
