@@ -23,14 +23,13 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from resefa_fast.regions import as_regions  # noqa: E402
 from resefa_fast.solve import bulk  # noqa: E402
-from resefa_fast.solve.common import scale_constants  # noqa: E402
+from resefa_fast.solve.common import scale_constants, tf32_truncate  # noqa: E402
 from resefa_fast.testing import random_jacobian  # noqa: E402
 
 
 def tf32(x):
     """float32 with the mantissa truncated to TF32's 10 bits."""
-    bits = x.float().contiguous().view(torch.int32)
-    return (bits & ~0x1FFF).view(torch.float32)
+    return tf32_truncate(x.float().contiguous())
 
 
 def bfloat16(x):

@@ -7,7 +7,7 @@ import resefa_fast as rf
 from resefa_fast import reference
 from resefa_fast.regions import as_regions, box_mask
 from resefa_fast.gram import approximate_gram, gram
-from resefa_fast.solve.common import Solution, canonical_directions, default_tolerance
+from resefa_fast.solve.common import Solution, canonical_directions, default_tolerance, tf32_truncate
 from resefa_fast.solve.general import solve_general, woodbury_inverse
 from resefa_fast.solve.refined import BlockedCholesky, exact_products, solve_refined
 from resefa_fast.testing import random_jacobian
@@ -100,7 +100,7 @@ def test_bulk_equals_general_on_many_regions(make_jacobian, device, d):
 def _tf32_rounded(K):
     """float32 with the mantissa cut to TF32's 10 bits: the mixed route's approximate Gram as coarse as a GPU's
     tensor cores make it, on any device."""
-    return (K.float().contiguous().view(torch.int32) & ~0x1FFF).view(torch.float32)
+    return tf32_truncate(K.float().contiguous())
 
 
 @pytest.mark.parametrize("weights", ["boxes", "soft boxes", "no iterations left", "k = 16"])

@@ -96,6 +96,12 @@ def tf32_matmuls(enabled: bool):
         torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def tf32_truncate(A: torch.Tensor) -> torch.Tensor:
+    """``A`` (float32, contiguous) with the 13 low mantissa bits cleared: exactly representable in TF32, i.e. the
+    value a TF32 tensor core reads, rounded toward zero."""
+    return (A.view(torch.int32) & -8192).view(torch.float32)
+
+
 #: Largest symmetric matrix that :func:`small_eigh` sends to the host when it comes from a GPU on its own.
 HOST_EIGH_MAX = 128
 

@@ -26,7 +26,8 @@ import torch
 from ..errors import ResefaError
 from .._ext import extension_status
 from ..gram import approximate_gram, column_scales, half_gram, row_energies_float64
-from .common import default_tolerance, relative_residuals, scale_constants, small_eigh, tf32_matmuls
+from .common import (default_tolerance, relative_residuals, scale_constants, small_eigh, tf32_matmuls,
+                     tf32_truncate)
 
 #: Bytes of float64 Jacobian rows converted at once by :func:`exact_products` (a reused chunk, not a copy of J).
 CHUNK_BYTES = 1 << 29
@@ -151,7 +152,7 @@ def _rayleigh_ritz(pencil: _Pencil, Z, Y, FZ, BZ, keep: int):
 
 def _tf32_split(A: torch.Tensor):
     """``A = hi + lo`` (float32) with ``hi`` exactly representable in TF32 (the 13 low mantissa bits cleared)."""
-    hi = (A.view(torch.int32) & -8192).view(torch.float32)
+    hi = tf32_truncate(A)
     return hi, A - hi
 
 
