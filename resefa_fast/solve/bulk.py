@@ -208,8 +208,8 @@ def _mixed_top_eigenpairs(K: torch.Tensor, k: int, tol: Optional[float]):
     (products with W̃ only). Returns ``(values [R, b], vectors [R, n, b], exact products, converged [R])``;
     regions not converged within :data:`MIXED_MAX_PRODUCTS` products are the caller's to finish. Seen on the CPU:
     a region with fewer rows than the block (k = 16: under 32) can break the float32 start down (LAPACK's float32
-    eigh returned NaN on its Rayleigh quotient); it then starts from a random block and usually ends in the
-    caller's float64 fallback: correct, not fast. Face-part boxes have hundreds of rows."""
+    eigh returned NaN on its Rayleigh quotient); such a region is returned unconverged at once, for the caller's
+    float64 fallback. Face-part boxes have hundreds of rows."""
     tol = default_tolerance(torch.float64) if tol is None else tol
     R, n, _ = K.shape
     block = min(n, max(2 * k, k + 8))
@@ -217,17 +217,15 @@ def _mixed_top_eigenpairs(K: torch.Tensor, k: int, tol: Optional[float]):
         approximate = _approximate_operands(K)
         W_approx = batched_row_gram(approximate)  # [R, n, n] float32
         del approximate
-        # only a start: as accurate as W̃ itself (1e-3) and bounded in work; a start that broke down in float32
-        # (NaN, e.g. a block wider than the region's rank) is replaced by the shared random one
+        # only a start: as accurate as W̃ itself (1e-3) and bounded in work
         _, X, _, _, _ = topk_eigh(lambda Y: W_approx @ Y, n, k, batch=(R,), dtype=torch.float32, device=K.device,
                                   block=block, return_block=True, tol=MIXED_START_TOL,
                                   max_applications=MIXED_START_APPLICATIONS)
-    X = X.double()
+    # a start that broke down in float32 (NaN: a block wider than the region's rank) leaves its region to the
+    # caller's float64 Gram; any finite orthonormal block keeps the batch going meanwhile
     broken = ~torch.isfinite(X).all(dim=2).all(dim=1)
-    if bool(broken.any()):
-        start = torch.randn(n, block, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        X[broken] = start.to(X.device)
-    X = orthonormalize(X)
+    X = torch.where(broken[:, None, None], torch.eye(n, block, dtype=X.dtype, device=X.device), X)
+    X = orthonormalize(X.double())
     for products in range(1, MIXED_MAX_PRODUCTS + 1):
         Y = K @ (K.transpose(1, 2) @ X)  # the exact product of the step
         theta, Q = small_eigh(X.transpose(1, 2) @ Y)
@@ -236,8 +234,8 @@ def _mixed_top_eigenpairs(K: torch.Tensor, k: int, tol: Optional[float]):
         residuals = Y - X * theta[:, None, :]
         scale = theta[:, :1].abs().clamp_min(torch.finfo(torch.float64).tiny)
         residual = torch.linalg.vector_norm(residuals[..., :k], dim=1) / scale
-        converged = (residual <= tol).all(dim=-1)
-        if bool(converged.all()) or products == MIXED_MAX_PRODUCTS:
+        converged = (residual <= tol).all(dim=-1) & ~broken
+        if bool((converged | broken).all()) or products == MIXED_MAX_PRODUCTS:
             return theta, X, products, converged
         # X += Σ_m (P W̃ P / θ)^m P R / θ, P = I − X Xᵀ: the correction (θ_i − W̃)⁻¹ R off the block; none for
         # Ritz values at W's numerical null space (a region with fewer rows than the block, or padding)
