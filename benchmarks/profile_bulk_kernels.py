@@ -1,7 +1,8 @@
-"""Where the bulk path's time goes, by CUDA kernel (torch.profiler): 1,000 face-part boxes, one latent,
-P = 65,536, after the precompute, for --d and --backend. Not a benchmark of record (bench_solvers.py is).
+"""Where the bulk path's time goes, by CUDA kernel and by phase (torch.profiler; each phase is one of the bulk
+module's functions, wrapped in a named range): 1,000 face-part boxes, one latent, P = 65,536, after the precompute,
+for --d, --backend and --gram. Not a benchmark of record (bench_solvers.py is).
 
-    PYTHONPATH=. python benchmarks/profile_bulk_kernels.py --d 512 --backend cuda
+    PYTHONPATH=. python benchmarks/profile_bulk_kernels.py --d 9216 --backend torch --gram mixed
 """
 import argparse
 import os
@@ -14,8 +15,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_solvers import random_boxes  # noqa: E402
 
 from resefa_fast.regions import as_regions  # noqa: E402
+from resefa_fast.solve import bulk  # noqa: E402
 from resefa_fast.solve.bulk import precompute, solve_bulk  # noqa: E402
 from resefa_fast.testing import random_jacobian  # noqa: E402
+
+
+#: The bulk module's functions timed as phases.
+PHASES = ("_gather_rows", "_region_totals", "batched_row_gram", "_mixed_top_eigenpairs", "_top_eigenpairs",
+          "topk_eigh", "orthonormalize", "_foreground_products", "_background_products", "canonical_directions",
+          "relative_residuals")
+
+
+def in_range(name, fn):
+    """``fn`` inside a profiler range called ``name``."""
+    def wrapped(*args, **kwargs):
+        with torch.profiler.record_function(name):
+            return fn(*args, **kwargs)
+    return wrapped
 
 
 def main():
@@ -24,23 +40,35 @@ def main():
     parser.add_argument("--regions", type=int, default=1000)
     parser.add_argument("--backend", default="cuda")
     parser.add_argument("--solver", default="auto")
+    parser.add_argument("--gram", default="float64")
+    parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
-    J = random_jacobian((256, 256), args.d, seed=args.d, device="cuda")
+    for name in PHASES:  # a named profiler range around each phase
+        setattr(bulk, name, in_range(name, getattr(bulk, name)))
+    J = random_jacobian((256, 256), args.d, seed=args.d, device=args.device)
     basis = precompute(J)
-    regions = as_regions(random_boxes(args.regions, 256), (1, 256, 256), J.shape[0], "cuda")
-    run = lambda: solve_bulk(basis, regions, 16, 1e-3, "mean", backend=args.backend, solver=args.solver)  # noqa: E731
+    regions = as_regions(random_boxes(args.regions, 256), (1, 256, 256), J.shape[0], args.device)
+    run = lambda: solve_bulk(basis, regions, 16, 1e-3, "mean", backend=args.backend, solver=args.solver,  # noqa: E731
+                             gram=args.gram)
+    synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     run()
-    torch.cuda.synchronize()
+    synchronize()
     start = time.perf_counter()
     out = run()
-    torch.cuda.synchronize()
-    print(f"d={args.d} {args.regions} regions backend={args.backend} solver={args.solver}: "
+    synchronize()
+    print(f"d={args.d} {args.regions} regions backend={args.backend} solver={args.solver} gram={args.gram}: "
           f"{time.perf_counter() - start:.3f} s; applications {out.info['applications']}")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
+                                + [torch.profiler.ProfilerActivity.CUDA] * (args.device == "cuda")) as prof:
         run()
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+        synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=60)
+    print(table)
+    print("phases (device time of the kernels each launched, and CPU time; nested phases counted in their callers):")
+    for event in prof.key_averages():
+        if event.key in PHASES:
+            print(f"  {event.key:32s} {event.device_time_total / 1e3:9.1f} ms device "
+                  f"{event.cpu_time_total / 1e3:9.1f} ms CPU {event.count:5d} calls")
 
 
 if __name__ == "__main__":

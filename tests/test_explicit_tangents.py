@@ -48,6 +48,35 @@ def test_modulated_conv2d_jvp_equals_torch_func(up, stride, demodulate, size, wh
     assert relative_error(dy, expected) <= SAME_RTOL
 
 
+@pytest.mark.parametrize("up", [1, 2])
+def test_modulated_conv2d_jvp_keeps_stacked_outputs_within_32_bit_indexing(up, monkeypatch):
+    """The stacked-weight route is one convolution of a batch of one with k·O output channels, which cuDNN cannot
+    split: above 2³¹ elements it ran a 64-bit kernel 30× slower. With the limit lowered below this problem's stacked
+    output, every convolution must keep O channels (copies of x as a batch instead), with the same tangents."""
+    generator_ = torch.Generator().manual_seed(2)
+    channels_in, channels_out, k, size = 6, 5, 4, 16
+    x = torch.randn(1, channels_in, size, size, generator=generator_)
+    weight = torch.randn(channels_out, channels_in, 3, 3, generator=generator_)
+    styles = torch.randn(1, channels_in, generator=generator_) + 1
+    ds = torch.randn(k, channels_in, generator=generator_)
+    f = ops.setup_filter()
+    out_channels = []
+    conv2d_resample = ops.conv2d_resample
+
+    def spy(*args, **kwargs):
+        y = conv2d_resample(*args, **kwargs)
+        out_channels.append(y.shape[1])
+        return y
+    monkeypatch.setattr(ops, "conv2d_resample", spy)
+    _, stacked = ops.modulated_conv2d_jvp(x, None, weight, styles, ds, True, up, f)
+    assert max(out_channels) == k * channels_out  # the stacked route, at the real limit
+    out_channels.clear()
+    monkeypatch.setattr(ops, "_INT32_ELEMENTS", k * channels_out * ops._spatial_bound(x, weight, up, 1))
+    _, copies = ops.modulated_conv2d_jvp(x, None, weight, styles, ds, True, up, f)
+    assert out_channels and max(out_channels) == channels_out
+    assert relative_error(copies, stacked) <= SAME_RTOL
+
+
 @pytest.mark.parametrize("activation,gain,clamp", [("lrelu", 2 ** 0.5, None), ("lrelu", 1.0, 0.5),
                                                    ("linear", 1.0, 0.5), ("linear", 1.0, None),
                                                    ("lrelu", 0.7 * 2 ** 0.5, 0.35)])

@@ -149,6 +149,21 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     return modulated_conv2d_jvp(x, None, weight, styles, None, demodulate, up, f, noise, stride)[0]
 
 
+#: cuDNN indexes tensors with 32 bits below this many elements. Above it, a batch can be split by torch, but the
+#: channels of a batch of one cannot: cuDNN then runs a 64-bit direct kernel, measured at 3.05 s for the stacked
+#: tangent convolution of the 1024² block's up-sampling conv (64 tangents: [1, 2048, 1025, 1025]), where the whole
+#: tangent pass of the W+ row before it, the same convolution as a batch of 64 included, takes 0.10 s (H100).
+_INT32_ELEMENTS = 2 ** 31
+
+
+def _spatial_bound(x: torch.Tensor, weight: torch.Tensor, up: int, stride: int) -> int:
+    """An upper bound on the pixels per channel of any tensor :func:`conv2d_resample` makes from ``x`` (up-sampling:
+    the transposed convolution's full output before the FIR filter; otherwise the strided output)."""
+    if up == 1:
+        return -(-x.shape[2] // stride) * -(-x.shape[3] // stride)
+    return (x.shape[2] * up + weight.shape[2]) * (x.shape[3] * up + weight.shape[3])
+
+
 def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: torch.Tensor, styles: torch.Tensor,
                          dstyles: Optional[torch.Tensor], demodulate: bool = True, up: int = 1,
                          f: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None, stride: int = 1):
@@ -158,7 +173,8 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: to
     Written for many tangents at one primal: the primal styles and demodulation are folded into the weight, so the
     tangent of the input alone costs one convolution of ``dx`` (no per-tangent scaling passes); the tangent of the
     styles alone is ``conv(x · ds)`` -- one convolution of the primal with k stacked weights ``W · ds`` where those
-    take less memory than k scaled copies of x (high resolutions, few channels), else the copies -- plus the
+    take less memory than k scaled copies of x (high resolutions, few channels) and the stacked output stays within
+    cuDNN's 32-bit indexing, else the copies (a batch torch can split) -- plus the
     demodulation's derivative ``δd = −d³ ((s · ds) Σ_k W²ᵀ)``; both (w space) are summed before one convolution."""
     conv = lambda inputs, w: conv2d_resample(inputs, w, f=f, up=up, padding=w.shape[-1] // 2,  # noqa: E731
                                              stride=stride)
@@ -179,11 +195,12 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: to
     k, (channels_out, channels_in) = dstyles.shape[0], weight.shape[:2]
     if dx is not None:  # both move (w space): one convolution of dx · s + x · ds, as torch.func does
         du = conv(dx * styles[:, :, None, None] + x * dstyles[:, :, None, None], weight)
-    elif channels_out * weight[0, 0].numel() <= x[0, 0].numel():  # per tangent, W · ds is no larger than x · ds
+    elif (channels_out * weight[0, 0].numel() <= x[0, 0].numel()  # per tangent, W · ds is no larger than x · ds
+          and k * channels_out * _spatial_bound(x, weight, up, stride) < _INT32_ELEMENTS):
         stacked = (weight[None] * dstyles[:, None, :, None, None]).reshape(k * channels_out, channels_in,
                                                                           *weight.shape[2:])
         du = conv(x, stacked).reshape(k, channels_out, *u.shape[2:])
-    else:  # small images, large weights (the low-resolution blocks)
+    else:  # small images and large weights (the low-resolution blocks), or a stacked output too large
         du = conv(x * dstyles[:, :, None, None], weight)
     if d is None:
         return y, du
