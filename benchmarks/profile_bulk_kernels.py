@@ -42,7 +42,12 @@ def main():
     parser.add_argument("--solver", default="auto")
     parser.add_argument("--gram", default="float64")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a constant of resefa_fast.solve.bulk, e.g. MIXED_START_TOL=1e-2")
     args = parser.parse_args()
+    for assignment in args.set:
+        name, value = assignment.split("=", 1)
+        setattr(bulk, name, type(getattr(bulk, name))(value))
     for name in PHASES:  # a named profiler range around each phase
         setattr(bulk, name, in_range(name, getattr(bulk, name)))
     J = random_jacobian((256, 256), args.d, seed=args.d, device=args.device)
@@ -56,7 +61,8 @@ def main():
     start = time.perf_counter()
     out = run()
     synchronize()
-    print(f"d={args.d} {args.regions} regions backend={args.backend} solver={args.solver} gram={args.gram}: "
+    print(f"d={args.d} {args.regions} regions backend={args.backend} solver={args.solver} gram={args.gram} "
+          f"{' '.join(args.set)}: "
           f"{time.perf_counter() - start:.3f} s; applications {out.info['applications']}")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
                                 + [torch.profiler.ProfilerActivity.CUDA] * (args.device == "cuda")) as prof:
