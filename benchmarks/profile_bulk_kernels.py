@@ -40,7 +40,7 @@ def main():
     parser.add_argument("--regions", type=int, default=1000)
     parser.add_argument("--backend", default="cuda")
     parser.add_argument("--solver", default="auto")
-    parser.add_argument("--gram", default="float64")
+    parser.add_argument("--gram", default="auto")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a constant of resefa_fast.solve.bulk, e.g. MIXED_START_TOL=1e-2")

@@ -152,19 +152,30 @@ def gram(jacobian: torch.Tensor, dtype: Optional[torch.dtype] = None, row_scale:
     return out
 
 
-def batched_row_gram(K: torch.Tensor, blocks: int = 4) -> torch.Tensor:
+def batched_row_gram(K: torch.Tensor, blocks: int = 4, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``K Kᵀ`` ``[R, n, n]`` for ``K`` ``[R, n, r]``, computing only the row-block pairs on and above the diagonal
-    (``(blocks + 1) / (2 · blocks)`` of the FLOPs of ``K @ Kᵀ``: cuBLAS has no batched SYRK)."""
+    (``(blocks + 1) / (2 · blocks)`` of the FLOPs of ``K @ Kᵀ``: cuBLAS has no batched SYRK). ``out_dtype``
+    float32 for a float16 / bfloat16 ``K``: products accumulated and returned in float32 (``torch.bmm(...,
+    out_dtype=)`` on GPUs; on a CPU the operands are widened to float32 first, which gives the same products)."""
+    out_dtype = out_dtype or K.dtype
+
+    def product(a, b):
+        if a.dtype == out_dtype:
+            return a @ b
+        if a.is_cuda:
+            return torch.bmm(a, b, out_dtype=out_dtype)
+        return a.to(out_dtype) @ b.to(out_dtype)
+
     n = K.shape[1]
     if n < 256 or blocks <= 1:
-        return K @ K.transpose(1, 2)
-    out = torch.empty(K.shape[0], n, n, dtype=K.dtype, device=K.device)
+        return product(K, K.transpose(1, 2))
+    out = torch.empty(K.shape[0], n, n, dtype=out_dtype, device=K.device)
     edges = [n * i // blocks for i in range(blocks + 1)]
     for i in range(blocks):
         rows_i = K[:, edges[i]:edges[i + 1]]
         for j in range(i, blocks):
-            product = rows_i @ K[:, edges[j]:edges[j + 1]].transpose(1, 2)
-            out[:, edges[i]:edges[i + 1], edges[j]:edges[j + 1]] = product
+            block = product(rows_i, K[:, edges[j]:edges[j + 1]].transpose(1, 2))
+            out[:, edges[i]:edges[i + 1], edges[j]:edges[j + 1]] = block
             if j > i:
-                out[:, edges[j]:edges[j + 1], edges[i]:edges[i + 1]] = product.transpose(1, 2)
+                out[:, edges[j]:edges[j + 1], edges[i]:edges[i + 1]] = block.transpose(1, 2)
     return out

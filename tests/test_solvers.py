@@ -7,7 +7,7 @@ import resefa_fast as rf
 from resefa_fast import reference
 from resefa_fast.regions import as_regions, box_mask
 from resefa_fast.gram import approximate_gram, gram
-from resefa_fast.solve.common import Solution, canonical_directions, default_tolerance, tf32_truncate
+from resefa_fast.solve.common import Solution, canonical_directions, default_tolerance
 from resefa_fast.solve.general import solve_general, woodbury_inverse
 from resefa_fast.solve.refined import BlockedCholesky, exact_products, solve_refined
 from resefa_fast.testing import random_jacobian
@@ -97,21 +97,14 @@ def test_bulk_equals_general_on_many_regions(make_jacobian, device, d):
                                      ref.directions[r, :k], torch.float64, ref.eigenvalues[r, k])
 
 
-def _tf32_rounded(K):
-    """float32 with the mantissa cut to TF32's 10 bits: the mixed route's approximate Gram as coarse as a GPU's
-    tensor cores make it, on any device."""
-    return tf32_truncate(K.float().contiguous())
-
-
 @pytest.mark.parametrize("weights", ["boxes", "soft boxes", "no iterations left", "k = 16"])
 def test_bulk_mixed_gram_matches_reference(make_jacobian, device, monkeypatch, weights):
-    """gram="mixed" (benchmarks/NOTES.md item 19): the per-region Gram K̃K̃ᵀ from TF32-rounded operands, float64
+    """gram="mixed" (benchmarks/NOTES.md items 19-20): the per-region Gram K̃K̃ᵀ from float16 operands, float64
     eigenpairs from a few exact products; with no products left (MIXED_MAX_PRODUCTS = 1) every region falls back to
     its float64 Gram. 60 boxes of 4-121 rows at d = 256: the row form, where the route applies. With k = 16 the
     block (32) is wider than the 20-row boxes, whose float32 start can break down: they must still come out right."""
     from resefa_fast.solve import bulk
 
-    monkeypatch.setattr(bulk, "_approximate_operands", _tf32_rounded)
     if weights == "no iterations left":
         monkeypatch.setattr(bulk, "MIXED_MAX_PRODUCTS", 1)
     J = make_jacobian((32, 32), 256, seed=3, device=device)
@@ -146,7 +139,6 @@ def test_bulk_mixed_gram_with_large_eigenvalues(device, monkeypatch):
     needs the Gram itself, which the route then forms in float64; the result meets the reference."""
     from resefa_fast.solve import bulk
 
-    monkeypatch.setattr(bulk, "_approximate_operands", _tf32_rounded)
     box = (12, 12, 9, 9)  # 81 rows < d = 128: the row form
     J = random_jacobian((24, 24), 128, seed=13, rank=40, noise=1e-6, device=device).reshape(24, 24, 128)
     inside = rf.box_mask(box, (24, 24)).bool().to(device)

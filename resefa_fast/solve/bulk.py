@@ -7,7 +7,8 @@ With ``A = G − B`` (``G = JᵀJ``) every region's pencil shares ``C = c_b G + 
 
 Once per Jacobian: ``G = V Σ Vᵀ`` (float64), ``JV = J V`` ``[P, r]``, row energies ``e_p``.
 Per region, with ``D_a = (c_b Σ + a)^{-1/2}`` and ``K̃ = diag(√m) · JV[region rows] · D_a`` (one gather; the row
-scaling only for soft masks, the column scaling only where ``K̃`` itself is a GEMM operand, i.e. for ``K̃K̃ᵀ``),
+scaling only for soft masks, the column scaling only where ``K̃`` itself is a GEMM operand, i.e. for ``K̃K̃ᵀ``
+formed in float64),
 ``μ`` are the eigenvalues of ``W``, the smaller Gram of K̃ (``K̃K̃ᵀ`` ``[n, n]`` or ``K̃ᵀK̃`` ``[r, r]``):
 dense eigh when W is small, else Chebyshev-filtered subspace iteration (``μ`` bunches just below ``1/c_b`` when
 λ is large, which the filter handles far better than plain subspace iteration). Then ``λ = μ c_f / (1 − μ c_b)``.
@@ -195,28 +196,36 @@ MIXED_START_TOL, MIXED_START_APPLICATIONS = 1e-3, 64
 MIXED_NEUMANN_TERMS = 2
 
 
-def _approximate_operands(K: torch.Tensor) -> torch.Tensor:
-    """The operands of the approximate Gram: ``K`` in float32 (rounded to TF32 by the tensor cores on GPUs)."""
-    return K.float()
+def _approximate_gram(K: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``W̃ ≈ K̃K̃ᵀ`` ``[R, n, n]`` float32 for ``K̃ = K D_a`` (``K`` ``[R, n, r]`` float64, ``scale`` = D_a
+    ``[R, r]``): ``K̃`` rounded to float16 in the pass that scales it (no float64 copy of K̃), products accumulated
+    in float32 (tensor cores at twice TF32's rate, half the bytes of float32 operands; on a CPU the same operands
+    are multiplied in float32). float16's range suffices: the columns of JV have energies σ, so
+    ``|K̃_pc| ≤ (σ_c / (c_b σ_c + a))^½ < c_b^-½ ≤ √P`` (1,774 for a 3 × 1024² readout; float16 ends at 65,504);
+    entries below its smallest subnormal are lost, a perturbation the exact products correct like any other."""
+    half = torch.empty(K.shape, dtype=torch.float16, device=K.device)
+    torch.mul(K, scale[:, None, :], out=half)  # scale and round in one pass
+    return batched_row_gram(half, out_dtype=torch.float32)
 
 
-def _mixed_top_eigenpairs(K: torch.Tensor, k: int, tol: Optional[float]):
-    """Top eigenpairs of ``W = K Kᵀ`` ``[R, n, n]`` for ``K`` ``[R, n, r]`` (float64) without forming W in float64
-    (benchmarks/NOTES.md item 19): ``W̃`` from float32 operands on TF32 tensor cores, its top block by subspace
-    iteration in float32, then steps of one exact product ``K(KᵀX)``, Rayleigh–Ritz, and the first-order correction
-    ``(θ_i − W̃)⁻¹ R`` on the complement of the block from :data:`MIXED_NEUMANN_TERMS` terms of its Neumann series
-    (products with W̃ only). Returns ``(values [R, b], vectors [R, n, b], exact products, converged [R])``;
-    regions not converged within :data:`MIXED_MAX_PRODUCTS` products are the caller's to finish. Seen on the CPU:
-    a region with fewer rows than the block (k = 16: under 32) can break the float32 start down (LAPACK's float32
-    eigh returned NaN on its Rayleigh quotient); such a region is returned unconverged at once, for the caller's
+def _mixed_top_eigenpairs(K: torch.Tensor, scale: torch.Tensor, k: int, tol: Optional[float]):
+    """Top eigenpairs of ``W = K̃K̃ᵀ`` ``[R, n, n]``, ``K̃ = K D_a`` (``K`` ``[R, n, r]`` float64, unscaled;
+    ``scale`` = D_a ``[R, r]``), without forming W in float64 (benchmarks/NOTES.md items 19 and 20): ``W̃`` from
+    float16 operands (:func:`_approximate_gram`), its top block by subspace iteration in float32, then steps of
+    one exact product ``K̃(K̃ᵀX) = K(D_a²(KᵀX))`` (D_a on the small side: no scaled copy of K), Rayleigh–Ritz,
+    and the first-order correction ``(θ_i − W̃)⁻¹ R`` on the complement of the block from
+    :data:`MIXED_NEUMANN_TERMS` terms of its Neumann series (products with W̃ only). Returns ``(values [R, b],
+    vectors U [R, n, b], W U [R, n, b] from the last exact product, exact products, converged [R])``; regions not
+    converged within :data:`MIXED_MAX_PRODUCTS` products are the caller's to finish. Seen on the CPU: a region
+    with fewer rows than the block (k = 16: under 32) can break the float32 start down (LAPACK's float32 eigh
+    returned NaN on its Rayleigh quotient); such a region is returned unconverged at once, for the caller's
     float64 fallback. Face-part boxes have hundreds of rows."""
     tol = default_tolerance(torch.float64) if tol is None else tol
     R, n, _ = K.shape
     block = min(n, max(2 * k, k + 8))
+    squared = scale.square()[:, :, None]  # D_a²   [R, r, 1]
     with tf32_matmuls(True):
-        approximate = _approximate_operands(K)
-        W_approx = batched_row_gram(approximate)  # [R, n, n] float32
-        del approximate
+        W_approx = _approximate_gram(K, scale)  # [R, n, n] float32
         # only a start: as accurate as W̃ itself (1e-3) and bounded in work
         _, X, _, _, _ = topk_eigh(lambda Y: W_approx @ Y, n, k, batch=(R,), dtype=torch.float32, device=K.device,
                                   block=block, return_block=True, tol=MIXED_START_TOL,
@@ -227,19 +236,19 @@ def _mixed_top_eigenpairs(K: torch.Tensor, k: int, tol: Optional[float]):
     X = torch.where(broken[:, None, None], torch.eye(n, block, dtype=X.dtype, device=X.device), X)
     X = orthonormalize(X.double())
     for products in range(1, MIXED_MAX_PRODUCTS + 1):
-        Y = K @ (K.transpose(1, 2) @ X)  # the exact product of the step
+        Y = K @ (squared * (K.transpose(1, 2) @ X))  # the exact product of the step
         theta, Q = small_eigh(X.transpose(1, 2) @ Y)
         theta, Q = theta.flip(-1), Q.flip(-1)
         X, Y = X @ Q, Y @ Q
         residuals = Y - X * theta[:, None, :]
-        scale = theta[:, :1].abs().clamp_min(torch.finfo(torch.float64).tiny)
-        residual = torch.linalg.vector_norm(residuals[..., :k], dim=1) / scale
+        scale_theta = theta[:, :1].abs().clamp_min(torch.finfo(torch.float64).tiny)
+        residual = torch.linalg.vector_norm(residuals[..., :k], dim=1) / scale_theta
         converged = (residual <= tol).all(dim=-1) & ~broken
         if bool((converged | broken).all()) or products == MIXED_MAX_PRODUCTS:
-            return theta, X, products, converged
+            return theta, X, Y, products, converged
         # X += Σ_m (P W̃ P / θ)^m P R / θ, P = I − X Xᵀ: the correction (θ_i − W̃)⁻¹ R off the block; none for
         # Ritz values at W's numerical null space (a region with fewer rows than the block, or padding)
-        null = theta <= scale * torch.finfo(torch.float64).eps ** 0.5
+        null = theta <= scale_theta * torch.finfo(torch.float64).eps ** 0.5
         inverse = torch.where(null, 0.0, 1.0 / torch.where(null, 1.0, theta))[:, None, :]
         project = lambda V: V - X @ (X.transpose(1, 2) @ V)  # noqa: E731
         term = project(residuals) * inverse
@@ -326,46 +335,65 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
                           "precision of the Jacobian (its Gram JᵀJ is rank-deficient); use tau > 0 (default 1e-3)")
     scale = (c_b[:, None] * sigma[None, :] + a[:, None]).rsqrt().to(dtype)  # D_a   [R, r]
     K = basis.JV[rows]  # the one gather of the chunk   [R, n, r]
-    if bool(((w == 0) | (w == 1)).all()):  # hard masks: √m is 1 on a region's rows, so only its padding is zeroed
-        K[w == 0] = 0
+    if bool(((w == 0) | (w == 1)).all()):
+        # hard masks: √m is 1 on a region's rows, so only the padding rows (w = 0) are zeroed; index_fill_ writes
+        # those alone, where a boolean-mask assignment passes over all of K (0.11 s per 1,000 regions at d = 9216)
+        K.view(-1, r).index_fill_(0, torch.nonzero(w.reshape(-1) == 0).flatten(), 0.0)
     else:
         K.mul_(w.sqrt()[..., None])  # diag(√m) JV[rows], in place
     n = K.shape[1]
     row_form = reduce is None and n <= r  # work in the smaller of the two spaces (only K̃ᵀK̃ sums over processes)
-    if row_form:  # W = K̃K̃ᵀ with K̃ = K D_a (in place: the GEMM's two operands)
+    mixed = row_form and gram == "mixed"
+    # K holds K̃ = K D_a only where K̃ itself is a GEMM operand (the float64 K̃K̃ᵀ); elsewhere D_a is applied to the
+    # r×r Gram (column form) or on the small side of each product (mixed route), with no pass over K
+    K_scale = None
+    if mixed:
+        W = None
+    elif row_form:
         K_scale = scale
         K.mul_(scale[:, None, :])
-        W = None if gram == "mixed" else batched_row_gram(K)  # [R, n, n]
-    else:  # W = K̃ᵀK̃ = D_a (KᵀK) D_a: the scaling on the r×r product, no pass over K
-        K_scale = None
+        W = batched_row_gram(K)  # [R, n, n]
+    else:  # W = K̃ᵀK̃ = D_a (KᵀK) D_a
         W = _row_sum(K.transpose(1, 2) @ K, reduce).mul_(scale[:, :, None]).mul_(scale[:, None, :])  # [R, r, r]
-    # Top μ of W; ν = μ / (1 − c_b μ) cancels log10(1 + λ c_b / c_f) digits, refined below where that matters.
-    if W is None:  # the mixed route; regions it does not finish get their float64 Gram
-        mu, u, applications, converged = _mixed_top_eigenpairs(K, k, tol)
+
+    def tilde_t(X):  # K̃ᵀ X for the row form
+        product = K.transpose(1, 2) @ X
+        return product if K_scale is not None else scale[:, :, None] * product
+
+    # Top μ of W (with W u, for B z below); ν = μ / (1 − c_b μ) cancels log10(1 + λ c_b / c_f) digits, refined
+    # below where that matters.
+    if mixed:  # regions the mixed route does not finish get their float64 Gram
+        mu, u, Wu, applications, converged = _mixed_top_eigenpairs(K, scale, k, tol)
         if not bool(converged.all()):
             stragglers = torch.nonzero(~converged).flatten()
-            values, vectors, more = _top_eigenpairs(batched_row_gram(K[stragglers]), k, solver, tol, backend)
-            mu[stragglers], u[stragglers] = values, vectors
+            W_stragglers = batched_row_gram(K[stragglers] * scale[stragglers, None, :])
+            values, vectors, more = _top_eigenpairs(W_stragglers, k, solver, tol, backend)
+            mu[stragglers], u[stragglers], Wu[stragglers] = values, vectors, W_stragglers @ vectors
             applications += more
+        Wu = Wu[:, :, :k]
     else:
         mu, u, applications = _per_region(share, _top_eigenpairs, (W,), k, solver, tol, backend)
-    y = K.transpose(1, 2) @ u if row_form else u  # right singular vectors of K̃ (unnormalised)   [R, r, b]
-    z = scale[:, :, None] * y  # n = V z
+        Wu = W @ u[:, :, :k]
     c_f, c_b, a = c_f.to(dtype), c_b.to(dtype), a.to(dtype)
     eigenvalues = c_f[:, None] * mu[:, :k] / (1.0 - c_b[:, None] * mu[:, :k])  # λ = c_f ν
     if float((eigenvalues * (c_b / c_f)[:, None]).abs().max()) > 100.0:  # > 2 of float64's 16 digits at stake
         # μ bunches below 1/c_b: its top eigenvectors are an arbitrary basis of the bunch. The transformed pencil
         # W u = ν (I − c_b W) u has λ's own gaps; then Rayleigh–Ritz on the exact pencil polishes λ.
-        W = batched_row_gram(K) if W is None else W  # the transform needs W itself (I − c_b W = L Lᵀ)
+        if W is None:  # the transform needs W itself (I − c_b W = L Lᵀ)
+            W = batched_row_gram(K * scale[:, None, :])
         u, more = _per_region(share, _transformed_eigenvectors, (W, c_b), k, solver, tol, tau, backend)
         applications += more
-        z = scale[:, :, None] * (K.transpose(1, 2) @ u if row_form else u)
+        z = scale[:, :, None] * (tilde_t(u) if row_form else u)
         eigenvalues, z, Bz, Az = _pencil_rayleigh_ritz(basis, weights, K, K_scale, z, c_f, c_b, a, k, reduce)
     else:
-        z = z[:, :, :k].transpose(1, 2)
-        z = z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # [R, k, r]
-        # B z from the foreground rows alone; A z = (Σ − B) z is exact enough here.
-        Bz = _foreground_products(K, K_scale, z.transpose(1, 2), reduce).transpose(1, 2)
+        # n = V z with z = D_a y, y the right singular vectors of K̃ (y = K̃ᵀu in the row form, u in the column
+        # form); B z = D_a⁻¹ K̃ᵀK̃ y = D_a⁻¹ K̃ᵀ(W u) (row form) or D_a⁻¹ W u (column form), from W u: one pass over
+        # K for both y and B z (the row form), none in the column form. A z = (Σ − B) z is exact enough here.
+        u = u[:, :, :k]
+        y, KtWu = tilde_t(torch.cat([u, Wu], dim=2)).split(k, dim=2) if row_form else (u, Wu)
+        z = scale[:, :, None] * y
+        norms = torch.linalg.vector_norm(z, dim=1, keepdim=True)  # [R, 1, k]
+        z, Bz = (z / norms).transpose(1, 2), (KtWu / (scale[:, :, None] * norms)).transpose(1, 2)  # [R, k, r]
         Az = basis.sigma.to(dtype)[None, None, :] * z - Bz
     latent = z @ basis.V.transpose(0, 1)  # the directions in latent coordinates   [R, k, d]
     directions = canonical_directions(latent)
@@ -385,7 +413,7 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
 def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize: str, solver: str = "auto",
                tol: Optional[float] = None, memory_budget: Optional[int] = None,
                progress: Optional[bool] = None, backend: str = "torch", reduce: Reduce = None,
-               share: Share = None, gram: str = "float64") -> Solution:
+               share: Share = None, gram: str = "auto") -> Solution:
     """Top-k directions for every region of ``regions`` (complement backgrounds only) from a :class:`BulkBasis`.
 
     Regions are processed in chunks whose padded operands fit ``memory_budget`` bytes (default: a quarter of the free
@@ -394,14 +422,19 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
     rows on a GPU, 256 on the CPU, else iterative). ``backend``: "torch" or "cuda" (the extension's batched Xsyev for
     the dense small eigenproblems: those of the "dense" solver and the iterative solver's unconverged stragglers).
     ``reduce``, ``share``: see the module docstring (rows split across processes; then ``memory_budget`` must be the
-    same on every process, so all cut the same chunks). ``gram``: "float64", or "mixed" (experimental, not yet
-    measured on a GPU: where the per-region Gram is ``K̃K̃ᵀ``, it is formed from float32 operands on TF32 tensor
-    cores and only approximates; float64 eigenpairs then come from a few exact products, and a region that does
-    not converge in :data:`MIXED_MAX_PRODUCTS` gets its float64 Gram; see :func:`_mixed_top_eigenpairs`)."""
-    check(gram in ("float64", "mixed"), "gram", '"float64" or "mixed"', repr(gram))
+    same on every process, so all cut the same chunks). ``gram``: how the row form's per-region Gram ``K̃K̃ᵀ`` is
+    handled (regions with fewer rows than the rank; elsewhere everything is float64): "float64" (formed in
+    float64), "mixed" (formed from float16 operands on tensor cores and only approximate; float64 eigenpairs then
+    come from a few exact products, and a region that does not converge in :data:`MIXED_MAX_PRODUCTS` gets its
+    float64 Gram; see :func:`_mixed_top_eigenpairs`), or "auto" (mixed on GPUs, float64 on CPUs, which have no
+    fast low-precision products). Both give float64 eigenpairs to the tolerance (residuals are checked against
+    the exact operators either way)."""
+    check(gram in ("auto", "float64", "mixed"), "gram", '"auto", "float64" or "mixed"', repr(gram))
     check(regions.background is None, "background",
           "None for the bulk path (it needs complement backgrounds; use the general path for explicit ones)")
     weights = regions.foreground.to(basis.JV.device)
+    if gram == "auto":
+        gram = "mixed" if weights.device.type == "cuda" else "float64"
     if memory_budget is None:
         memory_budget = 512 << 20
         if weights.device.type == "cuda":
@@ -424,7 +457,7 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
         while stop < R:  # grow the chunk while K̃ and W (padded to the largest region) fit the budget
             n = counts_sorted[stop]
             m = r if reduce is not None else min(n, r)
-            mixed = 4 * (n * r + n * n) if gram == "mixed" and m == n else 0  # float32 operands and W̃
+            mixed = 2 * n * r + 4 * n * n if gram == "mixed" and m == n else 0  # float16 operands, float32 W̃
             if (stop + 1 - start) * ((n * r + 3 * m * m) * itemsize + mixed) > memory_budget:
                 break
             stop += 1

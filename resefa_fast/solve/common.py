@@ -110,12 +110,16 @@ def small_eigh(H: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """``torch.linalg.eigh`` of the symmetric part of ``H`` ``[*batch, b, b]`` (ascending), on the host for one
     matrix of at most :data:`HOST_EIGH_MAX` rows from a GPU: cuSOLVER's syevd takes about 0.8 ms at 64² on an
     H100 (many small launches), the host about 0.3 ms; the copy's synchronisation is one the caller's convergence
-    test makes anyway. Batches stay on the device (one batched launch)."""
+    test makes anyway. Batches stay on the device (one batched launch). float32 matrices are solved in float64
+    (they are b×b: the cost is nil) and the pairs returned in float32: LAPACK's float32 eigh fails or returns NaN on
+    the Rayleigh quotients of rank-deficient blocks, whose entries reach float32's subnormal range."""
     H = 0.5 * (H + H.transpose(-1, -2))
+    work = H.double() if H.dtype == torch.float32 else H
     if H.device.type != "cuda" or H.dim() != 2 or H.shape[0] > HOST_EIGH_MAX:
-        return torch.linalg.eigh(H)
-    values, vectors = torch.linalg.eigh(H.cpu())
-    return values.to(H.device), vectors.to(H.device)
+        values, vectors = torch.linalg.eigh(work)
+    else:
+        values, vectors = torch.linalg.eigh(work.cpu())
+    return values.to(H.device, H.dtype), vectors.to(H.device, H.dtype)
 
 
 def topk_eigh(
