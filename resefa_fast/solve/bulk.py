@@ -196,38 +196,24 @@ MIXED_START_TOL, MIXED_START_APPLICATIONS = 1e-3, 64
 MIXED_NEUMANN_TERMS = 2
 
 
-#: How the mixed route's float16 products are summed and stored: "float32" (accumulated and returned in float32;
-#: measured on the H100 at 0.47 s per 1,000 regions at d = 9216, where cuBLAS picks sm75/sm80 kernels for this
-#: mixed-output batched GEMM) or "float16" (returned in float16 by the sm90 half-precision GEMMs, then widened:
-#: one more rounding of W̃'s entries, 2⁻¹¹ relative, with K̃ pre-scaled by a power of two to keep them in range).
-MIXED_GRAM_PRODUCT = "float32"
-
-
-def _approximate_gram(K: torch.Tensor, scale: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
+def _approximate_gram(K: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``W̃ ≈ K̃K̃ᵀ`` ``[R, n, n]`` float32 for ``K̃ = K D_a`` (``K`` ``[R, n, r]`` float64, ``scale`` = D_a
-    ``[R, r]``, ``c_b`` ``[R]``): ``K̃`` rounded to float16 in the pass that scales it (no float64 copy of K̃),
-    products summed as :data:`MIXED_GRAM_PRODUCT` says (tensor cores at twice TF32's rate, half the bytes of
-    float32 operands; on a CPU the same operands are multiplied in float32 or float16). float16's range suffices:
-    the columns of JV have energies σ, so ``|K̃_pc| ≤ (σ_c / (c_b σ_c + a))^½ < c_b^-½ ≤ √P`` (1,774 for a
-    3 × 1024² readout; float16 ends at 65,504), and W's eigenvalues are below ``1/c_b``; entries below its
-    smallest subnormal are lost, a perturbation the exact products correct like any other."""
+    ``[R, r]``): ``K̃`` rounded to float16 in the pass that scales it (no float64 copy of K̃), products accumulated
+    and returned in float32 (on a CPU the same operands are multiplied in float32). float16's range suffices: the
+    columns of JV have energies σ, so ``|K̃_pc| ≤ (σ_c / (c_b σ_c + a))^½ < c_b^-½ ≤ √P`` (1,774 for a 3 × 1024²
+    readout; float16 ends at 65,504); entries below its smallest subnormal are lost, a perturbation the exact
+    products correct like any other. (Measured on the H100, 1,000 regions at d = 9216: 0.47 s, as for TF32's
+    0.57 s little more than half the rate the FLOPs allow, cuBLAS serving this batched mixed-output GEMM with
+    sm75/sm80 kernels; float16 sums through the sm90 half GEMMs, K̃ pre-scaled to keep W̃ in range, took the same
+    0.47 s: benchmarks/NOTES.md item 20.)"""
     half = torch.empty(K.shape, dtype=torch.float16, device=K.device)
-    if MIXED_GRAM_PRODUCT == "float32":
-        torch.mul(K, scale[:, None, :], out=half)  # scale and round in one pass
-        return batched_row_gram(half, out_dtype=torch.float32)
-    # float16 sums: K̃ times t = 2^⌊log2(2⁷ c_b^½)⌋ (exact), so that |W̃ t²| < 2¹⁴ and |K̃ t| < 2⁷
-    t = torch.exp2(torch.floor(torch.log2(128.0 * c_b.sqrt())))
-    torch.mul(K, (scale * t[:, None])[:, None, :], out=half)
-    if half.is_cuda:
-        product = batched_row_gram(half)
-    else:  # no float16 GEMM worth the name on CPUs: float32 sums of the same products, rounded as a GPU stores them
-        product = batched_row_gram(half.float()).half()
-    return product.float().div_((t * t)[:, None, None].float())
+    torch.mul(K, scale[:, None, :], out=half)  # scale and round in one pass
+    return batched_row_gram(half, out_dtype=torch.float32)
 
 
-def _mixed_top_eigenpairs(K: torch.Tensor, scale: torch.Tensor, c_b: torch.Tensor, k: int, tol: Optional[float]):
+def _mixed_top_eigenpairs(K: torch.Tensor, scale: torch.Tensor, k: int, tol: Optional[float]):
     """Top eigenpairs of ``W = K̃K̃ᵀ`` ``[R, n, n]``, ``K̃ = K D_a`` (``K`` ``[R, n, r]`` float64, unscaled;
-    ``scale`` = D_a ``[R, r]``, ``c_b`` ``[R]``), without forming W in float64 (benchmarks/NOTES.md items 19
+    ``scale`` = D_a ``[R, r]``), without forming W in float64 (benchmarks/NOTES.md items 19
     and 20): ``W̃`` from float16 operands (:func:`_approximate_gram`), its top block by subspace iteration in
     float32, then steps of one exact product ``K̃(K̃ᵀX) = K(D_a²(KᵀX))`` (D_a on the small side: no scaled copy
     of K), Rayleigh–Ritz, and the first-order correction ``(θ_i − W̃)⁻¹ R`` on the complement of the block from
@@ -241,7 +227,7 @@ def _mixed_top_eigenpairs(K: torch.Tensor, scale: torch.Tensor, c_b: torch.Tenso
     block = min(n, max(2 * k, k + 8))
     squared = scale.square()[:, :, None]  # D_a²   [R, r, 1]
     with tf32_matmuls(True):
-        W_approx = _approximate_gram(K, scale, c_b)  # [R, n, n] float32
+        W_approx = _approximate_gram(K, scale)  # [R, n, n] float32
         # only a start: as accurate as W̃ itself (1e-3) and bounded in work
         _, X, _, _, _ = topk_eigh(lambda Y: W_approx @ Y, n, k, batch=(R,), dtype=torch.float32, device=K.device,
                                   block=block, return_block=True, tol=MIXED_START_TOL,
@@ -379,7 +365,7 @@ def _solve_chunk(basis: BulkBasis, weights: torch.Tensor, k: int, tau: float, no
     # Top μ of W (with W u, for B z below); ν = μ / (1 − c_b μ) cancels log10(1 + λ c_b / c_f) digits, refined
     # below where that matters.
     if mixed:  # regions the mixed route does not finish get their float64 Gram
-        mu, u, Wu, applications, converged = _mixed_top_eigenpairs(K, scale, c_b, k, tol)
+        mu, u, Wu, applications, converged = _mixed_top_eigenpairs(K, scale, k, tol)
         if not bool(converged.all()):
             stragglers = torch.nonzero(~converged).flatten()
             W_stragglers = batched_row_gram(K[stragglers] * scale[stragglers, None, :])
