@@ -547,6 +547,63 @@ def test_topk_eigh_batched_equals_per_matrix_calls(device):
         assert float(overlap.min()) > 1 - 1e-10
 
 
+def _block_with_condition(batch, m, b, condition, seed, dtype=torch.float64):
+    """``[batch, m, b]`` blocks with singular values spread log-uniformly over ``condition`` (random bases)."""
+    generator = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(batch, m, b, generator=generator, dtype=torch.float64)).Q
+    V = torch.linalg.qr(torch.randn(batch, b, b, generator=generator, dtype=torch.float64)).Q
+    s = torch.logspace(0, -float(np.log10(condition)), b, dtype=torch.float64)
+    return ((U * s) @ V.transpose(1, 2)).to(dtype)
+
+
+@pytest.mark.parametrize("condition", [1e3, 1e9, 1e14])
+def test_orthonormalize_ill_conditioned_blocks_without_householder(device, condition, monkeypatch):
+    """Blocks as ill-conditioned as Chebyshev-filtered ones (plain Cholesky QR fails beyond ~1e8): orthonormal to
+    rounding and spanning the same columns, from batched Cholesky factorisations alone (shifted CholeskyQR3);
+    Householder QR (which loops over a batch on GPUs) is not called."""
+    from resefa_fast.solve.common import orthonormalize
+
+    Z = _block_with_condition(6, 300, 24, condition, seed=3).to(device)
+    if condition > 1e8:
+        assert bool((torch.linalg.cholesky_ex(Z.transpose(1, 2) @ Z).info != 0).any())  # plain CholQR would fail
+
+    def no_householder(*args, **kwargs):
+        raise AssertionError("Householder QR called")
+    monkeypatch.setattr(torch.linalg, "qr", no_householder)
+    Q = orthonormalize(Z)
+    eye = torch.eye(24, dtype=torch.float64, device=device)
+    assert float((Q.transpose(1, 2) @ Q - eye).abs().max()) < 1e-13
+    residual = Z - Q @ (Q.transpose(1, 2) @ Z)
+    assert float((residual.norm(dim=(1, 2)) / Z.norm(dim=(1, 2))).max()) < 1e-13
+
+
+def test_orthonormalize_sends_only_rank_deficient_matrices_to_householder(device, monkeypatch):
+    """A batch with a rank-deficient block (a zero column): that one alone goes to Householder QR, its neighbours
+    keep their Cholesky QR result (to rounding: the batch takes a third pass). A block with two equal columns
+    (rank-deficient but for rounding) may come out of Cholesky QR with a rounding-noise column: either way its basis
+    is orthonormal and spans the block."""
+    from resefa_fast.solve.common import orthonormalize
+
+    Z = _block_with_condition(4, 200, 16, 1e4, seed=4).to(device)
+    expected = orthonormalize(Z)
+    Z[2, :, 5] = 0.0
+    Z[1, :, 7] = Z[1, :, 3]
+    calls = []
+    householder = torch.linalg.qr
+
+    def counted(A, *args, **kwargs):
+        calls.append(A)
+        return householder(A, *args, **kwargs)
+    monkeypatch.setattr(torch.linalg, "qr", counted)
+    Q = orthonormalize(Z)
+    assert len(calls) == 1 and calls[0].shape[0] == 1 and torch.equal(calls[0][0], Z[2])  # that block alone
+    torch.testing.assert_close(Q[[0, 3]], expected[[0, 3]], rtol=0, atol=1e-14)
+    torch.testing.assert_close(Q[2], householder(Z[2]).Q, rtol=0, atol=1e-14)
+    eye = torch.eye(16, dtype=torch.float64, device=device)
+    assert float((Q[1].transpose(0, 1) @ Q[1] - eye).abs().max()) < 1e-12
+    assert float((Z[1] - Q[1] @ (Q[1].transpose(0, 1) @ Z[1])).norm() / Z[1].norm()) < 1e-13
+
+
 def test_tf32_context_restores_the_flag():
     from resefa_fast.solve.common import tf32_matmuls
 
