@@ -213,10 +213,11 @@ def orthonormalize(Z: torch.Tensor) -> torch.Tensor:
     Two passes (CholQR2) for blocks whose Gram factors. A block whose Gram does not (condition number beyond
     about u^-½, which Chebyshev-filtered blocks reach) is factored with shifted Cholesky QR's shift
     ``11 (m b + b (b + 1)) u ‖Z‖_F²`` instead (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa, SIAM J. Sci.
-    Comput. 2020), which takes the condition number to about its square root times ``(u √(mb))^½``; then two plain
-    passes again (CholQR3), and a second shifted pass if the first did not reach far enough (up to
-    :data:`SHIFTED_PASSES`). Householder QR remains for the blocks that are numerically rank-deficient even so (a
-    factorisation still fails, or a shifted block's result is not orthonormal to 64·b·ε), and only for those."""
+    Comput. 2020), which divides the condition number by about ``(11 (m b + b (b + 1)) u)^-½`` (≈ 1e5 for 300 × 24
+    blocks in float64, only ≈ 5–15 in float32); then two plain passes again (CholQR3), and a second shifted pass
+    if the first did not reach far enough (up to :data:`SHIFTED_PASSES`). Householder QR remains for the blocks
+    that are numerically rank-deficient even so (a factorisation still fails, or a shifted block's result is not
+    orthonormal to 64·b·ε), and only for those."""
     m, b = Z.shape[-2], Z.shape[-1]
     eye = torch.eye(b, dtype=Z.dtype, device=Z.device)
     shift_scale = 11 * (m * b + b * (b + 1)) * torch.finfo(Z.dtype).eps / 2
