@@ -215,7 +215,8 @@ def orthonormalize(Z: torch.Tensor) -> torch.Tensor:
     ``11 (m b + b (b + 1)) u ‖Z‖_F²`` instead (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa, SIAM J. Sci.
     Comput. 2020), which divides the condition number by about ``(11 (m b + b (b + 1)) u)^-½`` (≈ 1e5 for 300 × 24
     blocks in float64, only ≈ 5–15 in float32); then two plain passes again (CholQR3), and a second shifted pass
-    if the first did not reach far enough (up to :data:`SHIFTED_PASSES`). Householder QR remains for the blocks
+    if the first did not reach far enough (up to :data:`SHIFTED_PASSES`; none where a pass would divide by less than
+    100, as in float32 for blocks of thousands of rows). Householder QR remains for the blocks
     that are numerically rank-deficient even so (a factorisation still fails, or a shifted block's result is not
     orthonormal to 64·b·ε), and only for those."""
     m, b = Z.shape[-2], Z.shape[-1]
@@ -223,13 +224,14 @@ def orthonormalize(Z: torch.Tensor) -> torch.Tensor:
     shift_scale = 11 * (m * b + b * (b + 1)) * torch.finfo(Z.dtype).eps / 2
     deficient = torch.zeros(Z.shape[:-2], dtype=torch.bool, device=Z.device)
     X, plain, shifted = Z, 0, 0
+    shifted_passes = SHIFTED_PASSES if shift_scale < 1e-4 else 0
     while plain < 2:
         G = X.transpose(-1, -2) @ X
         L, info = torch.linalg.cholesky_ex(G)
         failed = (info != 0) & ~deficient
         if bool(failed.any()):
             plain = 0
-            if shifted == SHIFTED_PASSES:
+            if shifted == shifted_passes:
                 deficient = deficient | failed
             else:
                 shift = torch.where(failed, shift_scale * G.diagonal(dim1=-2, dim2=-1).sum(-1), 0.0)
