@@ -47,4 +47,6 @@ if [ "${BENCH:-1}" != 0 ]; then
   say bench "rc=$?"
 fi
 echo "=== summary ==="; cat "$S"
-[ -f "$OUT/bench.log" ] && { echo "=== bench ==="; grep -E '^(\||device)' "$OUT/bench.log" | tail -40; }
+if [ -f "$OUT/bench.log" ]; then  # (as a bare `[ -f ] && ...` it made the script exit 1 whenever BENCH=0)
+  echo "=== bench ==="; grep -E '^(\||device)' "$OUT/bench.log" | tail -40
+fi
