@@ -102,9 +102,8 @@ def test_bulk_mixed_gram_matches_reference(make_jacobian, device, monkeypatch, w
     """gram="mixed" (benchmarks/NOTES.md items 19-20): the per-region Gram K̃K̃ᵀ from float16 operands, float64
     eigenpairs from a few exact products; with no products left (MIXED_MAX_PRODUCTS = 1) every region falls back to
     its float64 Gram. 60 boxes of 4-121 rows at d = 256: the row form, where the route applies. With k = 16 the
-    block (32) is wider than the 20-row boxes, whose float32 start can break down: they must still come out right."""
+    block (32) is wider than the 20-row boxes (their W̃ is rank-deficient): they must still come out right."""
     from resefa_fast.solve import bulk
-
 
     if weights == "no iterations left":
         monkeypatch.setattr(bulk, "MIXED_MAX_PRODUCTS", 1)
@@ -135,7 +134,7 @@ def test_bulk_mixed_gram_matches_reference(make_jacobian, device, monkeypatch, w
                                  ref.directions[r, :k], torch.float64, ref.eigenvalues[r, k])
 
 
-def test_bulk_mixed_gram_with_large_eigenvalues(device, monkeypatch):
+def test_bulk_mixed_gram_with_large_eigenvalues(device):
     """The mixed route where λ c_b / c_f reaches 1e8 (ten latent dims move one box only): the transformed pencil
     needs the Gram itself, which the route then forms in float64; the result meets the reference."""
     from resefa_fast.solve import bulk

@@ -219,9 +219,9 @@ def _mixed_top_eigenpairs(K: torch.Tensor, scale: torch.Tensor, k: int, tol: Opt
     of K), Rayleigh–Ritz, and the first-order correction ``(θ_i − W̃)⁻¹ R`` on the complement of the block from
     :data:`MIXED_NEUMANN_TERMS` terms of its Neumann series (products with W̃ only). Returns ``(values [R, b],
     vectors U [R, n, b], W U [R, n, b] from the last exact product, exact products, converged [R])``; regions not
-    converged within :data:`MIXED_MAX_PRODUCTS` products are the caller's to finish. A region with fewer rows
-    than the block (k = 16: under 32) can break the float32 start down (NaN); such a region is returned
-    unconverged at once, for the caller's float64 fallback. Face-part boxes have hundreds of rows."""
+    converged within :data:`MIXED_MAX_PRODUCTS` products are the caller's to finish, as is at once any region
+    whose float32 start is not finite (seen, before :func:`small_eigh` solved float32 problems in float64, on
+    regions with fewer rows than the block)."""
     tol = default_tolerance(torch.float64) if tol is None else tol
     R, n, _ = K.shape
     block = min(n, max(2 * k, k + 8))
@@ -232,8 +232,8 @@ def _mixed_top_eigenpairs(K: torch.Tensor, scale: torch.Tensor, k: int, tol: Opt
         _, X, _, _, _ = topk_eigh(lambda Y: W_approx @ Y, n, k, batch=(R,), dtype=torch.float32, device=K.device,
                                   block=block, return_block=True, tol=MIXED_START_TOL,
                                   max_applications=MIXED_START_APPLICATIONS)
-    # a start that broke down in float32 (NaN: a block wider than the region's rank) leaves its region to the
-    # caller's float64 Gram; any finite orthonormal block keeps the batch going meanwhile
+    # a start that is not finite leaves its region to the caller's float64 Gram (NaN would make the batched
+    # eigensolves below fail for every region); any finite orthonormal block keeps the batch going meanwhile
     broken = ~torch.isfinite(X).all(dim=2).all(dim=1)
     X = torch.where(broken[:, None, None], torch.eye(n, block, dtype=X.dtype, device=X.device), X)
     X = orthonormalize(X.double())
@@ -459,8 +459,8 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
         while stop < R:  # grow the chunk while K̃ and W (padded to the largest region) fit the budget
             n = counts_sorted[stop]
             m = r if reduce is not None else min(n, r)
-            mixed = 2 * n * r + 4 * n * n if gram == "mixed" and m == n else 0  # float16 operands, float32 W̃
-            if (stop + 1 - start) * ((n * r + 3 * m * m) * itemsize + mixed) > memory_budget:
+            mixed_bytes = 2 * n * r + 4 * n * n if gram == "mixed" and m == n else 0  # float16 K̃, float32 W̃
+            if (stop + 1 - start) * ((n * r + 3 * m * m) * itemsize + mixed_bytes) > memory_budget:
                 break
             stop += 1
         index = order[start:stop]
