@@ -71,10 +71,14 @@ def main():
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=60)
     print(table)
     print("phases (device time of the kernels each launched, and CPU time; nested phases counted in their callers):")
+    phases = {}  # the profiler lists each range twice, as a CPU event and as a device annotation: one row each
     for event in prof.key_averages():
         if event.key in PHASES:
-            print(f"  {event.key:32s} {event.device_time_total / 1e3:9.1f} ms device "
-                  f"{event.cpu_time_total / 1e3:9.1f} ms CPU {event.count:5d} calls")
+            device, cpu, calls = phases.get(event.key, (0.0, 0.0, 0))
+            phases[event.key] = (max(device, event.device_time_total), max(cpu, event.cpu_time_total),
+                                 max(calls, event.count))
+    for name, (device, cpu, calls) in phases.items():
+        print(f"  {name:32s} {device / 1e3:9.1f} ms device {cpu / 1e3:9.1f} ms CPU {calls:5d} calls")
 
 
 if __name__ == "__main__":
