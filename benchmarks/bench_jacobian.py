@@ -142,6 +142,9 @@ def main(argv=None):
     parser.add_argument("--no-jacfwd", action="store_true")
     parser.add_argument("--precision-study", action="store_true",
                         help="bf16 tangents vs float32: J, Gram and top-direction errors (full w-space J)")
+    parser.add_argument("--precision", default="float32", choices=("float32", "tf32"),
+                        help="of the floor and of our rows (DESIGN.md §5's plain-torch numbers, which the targets "
+                             "quote, ran with cuDNN's default tf32 convolutions); the correctness check is float32")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -149,7 +152,7 @@ def main(argv=None):
         args.resolution, args.w_dim, args.readout_size = 32, 16, 16
         args.device = args.device if args.device != "cuda" or torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     # cuDNN's default algorithm choice, as the engine gets in use: with cudnn.benchmark every new convolution shape
     # (many per W+ row and chunk size) is autotuned, and on our StyleGAN2-1024 the run did not finish in 480 s
 
@@ -240,6 +243,7 @@ def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
     # StyleGAN2 (benchmarks/check_sampled_stage.py), more than the 1e-4 this check is about; torch's own
     # convolutions are exact to float32 rounding, so the check sees the engine, not the algorithm choice.
     check_cols, check_rows = spread(d, min(d, 64)), spread(P, min(P, 64)).to(device)
+    matmul_tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
     with torch.backends.cudnn.flags(enabled=False, allow_tf32=False):
         J_cols = jacobian(G, latent, readout=readout, columns=check_cols, chunk_size=args.chunk_size,
                           progress=False)  # [P, 64]
@@ -250,6 +254,7 @@ def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
         # jacfwd 8 columns at a time: 64 W+ tangents at once needed 16 GiB more than an H100 had left (seen there)
         J_fwd = torch.cat([jacfwd_columns(pixels_of, latent, part) for part in check_cols.split(8)], dim=1)
         error_fwd = relative_error(J_cols, J_fwd)
+    torch.backends.cuda.matmul.allow_tf32 = matmul_tf32  # --precision again for the timed rows
     report["correctness"][space] = {"vs_reverse": error_rev, "vs_jacfwd": error_fwd}
     print(f"{space}: ours vs reverse {error_rev:.2e}, vs jacfwd {error_fwd:.2e} (cuDNN off)", flush=True)
     assert error_rev <= JACOBIAN_RTOL and error_fwd <= JACOBIAN_RTOL, report["correctness"][space]
@@ -273,7 +278,8 @@ def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
 
         def run(skip=skip, info=info):
             J, info["run"] = jacobian(G, latent, readout=readout, columns=sample, chunk_size=args.chunk_size,
-                                      layer_skip=skip, progress=False, return_info=True, check_fn=False)
+                                      layer_skip=skip, precision=args.precision, progress=False,
+                                      return_info=True, check_fn=False)
             return J.shape
         row = measure(timer, run, sample.numel(), d, space=space, method=name, unit="tangents",
                       extrapolated=extrapolated)

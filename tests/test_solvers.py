@@ -576,6 +576,29 @@ def test_orthonormalize_ill_conditioned_blocks_without_householder(device, condi
     assert float((residual.norm(dim=(1, 2)) / Z.norm(dim=(1, 2))).max()) < 1e-13
 
 
+@pytest.mark.parametrize("condition", [1e2, 1e5])
+def test_orthonormalize_float32_blocks_without_householder(device, condition, monkeypatch):
+    """float32 blocks past what a float32 Gram factors (κ ≈ 3e3; a Chebyshev-filtered start block is such a
+    block): orthonormal to float32 rounding, spanning the same columns, still float32, from Cholesky factorisations
+    alone. Householder QR, which loops over a batch on GPUs, is not called."""
+    from resefa_fast.solve.common import orthonormalize
+
+    Z = _block_with_condition(5, 2000, 32, condition, seed=6, dtype=torch.float32).to(device)
+    if condition > 1e4:
+        assert bool((torch.linalg.cholesky_ex(Z.transpose(1, 2) @ Z).info != 0).any())  # float32 CholQR fails
+
+    def no_householder(*args, **kwargs):
+        raise AssertionError("Householder QR called")
+    monkeypatch.setattr(torch.linalg, "qr", no_householder)
+    Q = orthonormalize(Z)
+    assert Q.dtype == torch.float32
+    Q, Z = Q.double(), Z.double()
+    eye = torch.eye(32, dtype=torch.float64, device=device)
+    assert float((Q.transpose(1, 2) @ Q - eye).abs().max()) < 1e-6
+    residual = Z - Q @ (Q.transpose(1, 2) @ Z)
+    assert float((residual.norm(dim=(1, 2)) / Z.norm(dim=(1, 2))).max()) < 1e-6
+
+
 def test_orthonormalize_sends_only_rank_deficient_matrices_to_householder(device, monkeypatch):
     """A batch with a rank-deficient block (a zero column): that one alone goes to Householder QR, its neighbours
     keep their Cholesky QR result (to rounding: the batch takes a third pass). A block with two equal columns

@@ -214,24 +214,29 @@ def orthonormalize(Z: torch.Tensor) -> torch.Tensor:
     about u^-½, which Chebyshev-filtered blocks reach) is factored with shifted Cholesky QR's shift
     ``11 (m b + b (b + 1)) u ‖Z‖_F²`` instead (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa, SIAM J. Sci.
     Comput. 2020), which divides the condition number by about ``(11 (m b + b (b + 1)) u)^-½`` (≈ 1e5 for 300 × 24
-    blocks in float64, only ≈ 5–15 in float32); then two plain passes again (CholQR3), and a second shifted pass
-    if the first did not reach far enough (up to :data:`SHIFTED_PASSES`; none where a pass would divide by less than
-    100, as in float32 for blocks of thousands of rows). Householder QR remains for the blocks
-    that are numerically rank-deficient even so (a factorisation still fails, or a shifted block's result is not
-    orthonormal to 64·b·ε), and only for those."""
+    blocks); then two plain passes again (CholQR3), and a second shifted pass if the first did not reach far enough
+    (up to :data:`SHIFTED_PASSES`). Householder QR remains for the blocks that are numerically rank-deficient even
+    so (a factorisation still fails, or a shifted block's result is not orthonormal to 64·b·ε), and only for those.
+
+    Blocks of lower precision are orthonormalised in float64 and rounded back: their Gram squares the condition
+    number past what a float32 Cholesky factors (κ ≈ 3e3), and a shifted pass in float32 divides κ by only 5–15 for
+    blocks of thousands of rows, so float32 Chebyshev-filtered blocks all went to the Householder loop (0.58 s of
+    device time per 1,000 regions in the mixed bulk route's float32 start at d = 9216, benchmarks/NOTES.md item 24);
+    in float64 they take Cholesky QR, for the price of two conversions of a tall-skinny block."""
+    if Z.dtype != torch.float64:
+        return orthonormalize(Z.double()).to(Z.dtype)
     m, b = Z.shape[-2], Z.shape[-1]
     eye = torch.eye(b, dtype=Z.dtype, device=Z.device)
     shift_scale = 11 * (m * b + b * (b + 1)) * torch.finfo(Z.dtype).eps / 2
     deficient = torch.zeros(Z.shape[:-2], dtype=torch.bool, device=Z.device)
     X, plain, shifted = Z, 0, 0
-    shifted_passes = SHIFTED_PASSES if shift_scale < 1e-4 else 0
     while plain < 2:
         G = X.transpose(-1, -2) @ X
         L, info = torch.linalg.cholesky_ex(G)
         failed = (info != 0) & ~deficient
         if bool(failed.any()):
             plain = 0
-            if shifted == shifted_passes:
+            if shifted == SHIFTED_PASSES:
                 deficient = deficient | failed
             else:
                 shift = torch.where(failed, shift_scale * G.diagonal(dim1=-2, dim2=-1).sum(-1), 0.0)
