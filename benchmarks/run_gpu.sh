@@ -5,7 +5,8 @@
 #   (no arguments: build tests and every bench_*.py, which is longer than one call allows)
 # "tests" runs the test files whose tests are parametrised over CUDA; "tests:FILE" one file; "bench:NAME[:ARGS]"
 # runs benchmarks/bench_NAME.py --json $OUT/NAME.json ARGS; "profile:NAME[:ARGS]" benchmarks/profile_NAME.py ARGS
-# (output in $OUT/profile_NAME.log); "train:ARGS" runs python -m resefa_fast.train ARGS.
+# (output in $OUT/profile_NAME.log, _2, _3 ... for repeats); "study:NAME[:ARGS]" benchmarks/study_NAME.py ARGS
+# ($OUT/study_NAME.log); "train:ARGS" runs python -m resefa_fast.train ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -34,8 +35,12 @@ for step in "${steps[@]}"; do
       timeout 480 python3 "benchmarks/bench_$name.py" --json "$OUT/$name.json" $extra > "$OUT/$name.log" 2>&1
       status "bench_$name" "rc=$? ($(( $(date +%s) - start )) s)";;
     profile:*) spec=${step#profile:}; name=${spec%%:*}; extra=""; [ "$spec" != "$name" ] && extra=${spec#*:}
-      timeout 480 python3 "benchmarks/profile_$name.py" $extra > "$OUT/profile_$name.log" 2>&1
-      status "profile_$name" "rc=$? ($(( $(date +%s) - start )) s)"; grep -v '^{' "$OUT/profile_$name.log" | tail -25;;
+      log="$OUT/profile_$name.log"; i=2; while [ -e "$log" ]; do log="$OUT/profile_${name}_$i.log"; i=$((i + 1)); done
+      timeout 480 python3 "benchmarks/profile_$name.py" $extra > "$log" 2>&1
+      status "profile_$name $extra" "rc=$? ($(( $(date +%s) - start )) s)"; grep -v '^{' "$log" | tail -12;;
+    study:*) spec=${step#study:}; name=${spec%%:*}; extra=""; [ "$spec" != "$name" ] && extra=${spec#*:}
+      timeout 480 python3 "benchmarks/study_$name.py" $extra > "$OUT/study_$name.log" 2>&1
+      status "study_$name" "rc=$? ($(( $(date +%s) - start )) s)";;
     train:*) timeout 560 python3 -m resefa_fast.train ${step#train:} > "$OUT/train.log" 2>&1
       status train "rc=$? ($(( $(date +%s) - start )) s)"; tail -5 "$OUT/train.log";;
     *) status "$step" "unknown step";;

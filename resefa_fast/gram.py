@@ -170,7 +170,8 @@ def batched_row_gram(K: torch.Tensor, blocks: int = 4, out_dtype: Optional[torch
     if n < 256 or blocks <= 1:
         return product(K, K.transpose(1, 2))
     out = torch.empty(K.shape[0], n, n, dtype=out_dtype, device=K.device)
-    edges = [n * i // blocks for i in range(blocks + 1)]
+    align = 8 if n % 8 == 0 else 1  # block edges on 16-byte boundaries where n allows (cuBLAS's Hopper kernels)
+    edges = [n * i // blocks // align * align for i in range(blocks + 1)]
     for i in range(blocks):
         rows_i = K[:, edges[i]:edges[i + 1]]
         for j in range(i, blocks):

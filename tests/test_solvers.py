@@ -353,6 +353,39 @@ def test_approximate_gram_rounds_only_the_operands(make_jacobian, device):
         approximate_gram(J, rows, "bfloat16")
 
 
+def test_bulk_chunks_pad_rows_to_the_alignment(device):
+    """A chunk's row count is rounded up to ROW_ALIGNMENT (16-byte-aligned GEMM operands) but never past P; every
+    region's rows come first with their weights, padding rows weigh 0."""
+    from resefa_fast.solve import bulk
+
+    weights = torch.zeros(2, 40, dtype=torch.float64, device=device)
+    weights[0, [3, 7, 30]] = torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)
+    weights[1, 10:21] = 1.0  # 11 rows
+    rows, w, counts = bulk._gather_rows(weights)
+    assert rows.shape == (2, 16) and w.shape == (2, 16) and counts.tolist() == [3, 11]
+    assert sorted(rows[0, :3].tolist()) == [3, 7, 30] and sorted(rows[1, :11].tolist()) == list(range(10, 21))
+    torch.testing.assert_close(w, torch.gather(weights, 1, rows), rtol=0, atol=0)
+    assert bool((w[0, 3:] == 0).all()) and bool((w[1, 11:] == 0).all())
+    rows, w, counts = bulk._gather_rows(weights[1:, 8:21])  # 11 rows of P = 13: 16 capped at P
+    assert rows.shape == (1, 13) and counts.tolist() == [11] and sorted(rows[0, :11].tolist()) == list(range(2, 13))
+
+
+@pytest.mark.parametrize("n, r", [(10, 13), (264, 40), (270, 16)])
+def test_bulk_approximate_gram_is_the_gram_of_the_rounded_operands(device, n, r):
+    """``W̃`` of the mixed route: the Gram of ``K D_a`` rounded to float16, summed in float32, for any rank r (K̃'s
+    columns padded to a multiple of 8 inside) and row count n (blocked, block edges aligned, for n ≥ 256)."""
+    from resefa_fast.solve.bulk import _approximate_gram
+
+    generator = torch.Generator().manual_seed(n + r)
+    K = torch.randn(3, n, r, generator=generator, dtype=torch.float64).to(device)
+    scale = torch.rand(3, r, generator=generator, dtype=torch.float64).to(device) + 0.5
+    W = _approximate_gram(K, scale)
+    rounded = (K * scale[:, None, :]).half().double()
+    expected = rounded @ rounded.transpose(1, 2)
+    assert W.dtype == torch.float32 and W.shape == (3, n, n)
+    assert float((W.double() - expected).abs().max() / expected.abs().max()) < 1e-6
+
+
 def test_exact_products_are_float64_whatever_the_chunking(make_jacobian):
     """``J Z``, ``Jᵀ(m ∘ J Z)``, ``Jᵀ(m_b ∘ J Z)`` in float64 from a float32 J, independent of the row chunks."""
     J = make_jacobian((20, 30), 50, seed=8).reshape(-1, 50)

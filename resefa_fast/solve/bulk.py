@@ -123,12 +123,19 @@ def project_rows(jacobian: torch.Tensor, V: torch.Tensor, dtype: torch.dtype = t
     return JV, energies
 
 
+#: The padded row count of a chunk is a multiple of this (where P allows): float16 / float32 operands and outputs of
+#: the chunk's GEMMs then start on 16-byte boundaries, which cuBLAS's Hopper kernels require (benchmarks/NOTES.md
+#: item 24).
+ROW_ALIGNMENT = 8
+
+
 def _gather_rows(weights: torch.Tensor):
-    """Padded row indices and weights of each region: ``(rows [R, n_max], w [R, n_max], counts [R])``; padding
-    rows carry weight 0 (they add zero rows to K̃, i.e. zero eigenvalues, and change nothing else)."""
+    """Padded row indices and weights of each region: ``(rows [R, n], w [R, n], counts [R])``, n the largest count
+    rounded up to :data:`ROW_ALIGNMENT`; padding rows carry weight 0 (they add zero rows to K̃, i.e. zero
+    eigenvalues, and change nothing else)."""
     nonzero = weights > 0
     counts = nonzero.sum(dim=1)
-    n_max = int(counts.max())
+    n_max = min(-(-int(counts.max()) // ROW_ALIGNMENT) * ROW_ALIGNMENT, weights.shape[1])
     rows = torch.argsort(nonzero.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_max]
     return rows, torch.gather(weights, 1, rows), counts
 
@@ -206,8 +213,11 @@ def _approximate_gram(K: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     0.57 s little more than half the rate the FLOPs allow, cuBLAS serving this batched mixed-output GEMM with
     sm75/sm80 kernels; float16 sums through the sm90 half GEMMs, K̃ pre-scaled to keep W̃ in range, took the same
     0.47 s: benchmarks/NOTES.md item 20.)"""
-    half = torch.empty(K.shape, dtype=torch.float16, device=K.device)
-    torch.mul(K, scale[:, None, :], out=half)  # scale and round in one pass
+    R, n, r = K.shape
+    columns = -(-r // 8) * 8  # rows of K̃ on 16-byte boundaries (cuBLAS's Hopper kernels); extra columns zero
+    half = torch.empty(R, n, columns, dtype=torch.float16, device=K.device)
+    torch.mul(K, scale[:, None, :], out=half[..., :r])  # scale and round in one pass
+    half[..., r:].zero_()
     return batched_row_gram(half, out_dtype=torch.float32)
 
 
