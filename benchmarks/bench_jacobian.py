@@ -145,6 +145,9 @@ def main(argv=None):
     parser.add_argument("--precision", default="float32", choices=("float32", "tf32"),
                         help="of the floor and of our rows (DESIGN.md §5's plain-torch numbers, which the targets "
                              "quote, ran with cuDNN's default tf32 convolutions); the correctness check is float32")
+    parser.add_argument("--kernels", type=int, default=0,
+                        help="also profile one chunk of 'ours' per space: the top N CUDA kernels and the share of "
+                             "device time in convolutions / GEMMs against everything else")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -292,6 +295,10 @@ def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
     engine.EXPLICIT_TANGENTS = True
     if by_row:
         G.accepts_ws_rows = False
+    if args.kernels and device.type == "cuda":
+        report.setdefault("kernels", {})[space] = kernel_profile(
+            lambda: jacobian(G, latent, readout=readout, columns=sample[:rows[0].get("chunk_size") or 32],
+                             precision=args.precision, progress=False, check_fn=False), args.kernels)
 
     k = args.baseline_chunk
     if not args.no_jacfwd:
@@ -311,6 +318,31 @@ def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
                             method=f"torch.func.jacrev, chunk {k_rev}", unit="pixel rows",
                             extrapolated=pix.numel() < P))
     return rows
+
+
+#: Kernel-name fragments of the matrix-unit work (cuDNN convolutions and cuBLAS / CUTLASS GEMMs).
+MATRIX_KERNELS = ("conv", "gemm", "xmma", "cutlass", "cudnn", "dgrad", "wgrad", "fprop", "implicit")
+
+
+def kernel_profile(fn, top):
+    """One warmed-up call of ``fn`` under torch.profiler: prints the ``top`` CUDA kernels by device time and the
+    share of convolution / GEMM kernels (:data:`MATRIX_KERNELS`) against everything else (elementwise, reductions,
+    copies); returns both."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_time_total > 0 and e.device_type.name == "CUDA"]
+    kernels.sort(key=lambda e: e.device_time_total, reverse=True)
+    total = max(sum(e.device_time_total for e in kernels), 1e-9)
+    matrix = sum(e.device_time_total for e in kernels if any(f in e.key.lower() for f in MATRIX_KERNELS))
+    print(f"\nkernels of one chunk: {total / 1e3:.1f} ms on the device, convolutions / GEMMs {matrix / total:.0%}")
+    print("| kernel | ms | calls |\n|---|---:|---:|")
+    for e in kernels[:top]:
+        print(f"| {e.key[:90]} | {e.device_time_total / 1e3:.2f} | {e.count} |")
+    return {"device_ms": total / 1e3, "matrix_share": matrix / total,
+            "top": [(e.key, e.device_time_total / 1e3, e.count) for e in kernels[:top]]}
 
 
 def precision_study(G, w, readout, chunk_size):
