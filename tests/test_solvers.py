@@ -359,7 +359,7 @@ def test_bulk_chunks_pad_rows_to_the_alignment(device):
     from resefa_fast.solve import bulk
 
     weights = torch.zeros(2, 40, dtype=torch.float64, device=device)
-    weights[0, [3, 7, 30]] = torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)
+    weights[0, [3, 7, 30]] = torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64, device=device)
     weights[1, 10:21] = 1.0  # 11 rows
     rows, w, counts = bulk._gather_rows(weights)
     assert rows.shape == (2, 16) and w.shape == (2, 16) and counts.tolist() == [3, 11]
