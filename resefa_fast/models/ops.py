@@ -175,7 +175,9 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: to
     styles alone is ``conv(x · ds)`` -- one convolution of the primal with k stacked weights ``W · ds`` where those
     take less memory than k scaled copies of x (high resolutions, few channels) and the stacked output stays within
     cuDNN's 32-bit indexing, else the copies (a batch torch can split) -- plus the
-    demodulation's derivative ``δd = −d³ ((s · ds) Σ_k W²ᵀ)``; both (w space) are summed before one convolution."""
+    demodulation's derivative ``δd = −d³ ((s · ds) Σ_k W²ᵀ)``; both (w space) are summed before one convolution.
+    The primal demodulation d is folded into every tangent convolution's weight and ``u · δd`` added in place, so
+    the tangents take two elementwise passes besides their convolution where they took six (w space)."""
     conv = lambda inputs, w: conv2d_resample(inputs, w, f=f, up=up, padding=w.shape[-1] // 2,  # noqa: E731
                                              stride=stride)
     u = conv(x * styles[:, :, None, None], weight)
@@ -193,19 +195,21 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: to
     if dstyles is None:  # conv(dx · s) · d = conv(dx, W · s · d): one convolution, no pass over the tangents
         return y, conv(dx, weight * styles[0][None, :, None, None] * (1.0 if d is None else d[0][:, None, None, None]))
     k, (channels_out, channels_in) = dstyles.shape[0], weight.shape[:2]
-    if dx is not None:  # both move (w space): one convolution of dx · s + x · ds, as torch.func does
-        du = conv(dx * styles[:, :, None, None] + x * dstyles[:, :, None, None], weight)
+    # the demodulation folded into the weight: the convolution returns du · d, no pass over the tangents for it
+    demodulated = weight if d is None else weight * d[0][:, None, None, None]
+    if dx is not None:  # both move (w space): one convolution of dx · s + x · ds, built in two passes, not three
+        du = conv((dx * styles[:, :, None, None]).addcmul_(x, dstyles[:, :, None, None]), demodulated)
     elif (channels_out * weight[0, 0].numel() <= x[0, 0].numel()  # per tangent, W · ds is no larger than x · ds
           and k * channels_out * _spatial_bound(x, weight, up, stride) < _INT32_ELEMENTS):
-        stacked = (weight[None] * dstyles[:, None, :, None, None]).reshape(k * channels_out, channels_in,
-                                                                          *weight.shape[2:])
+        stacked = (demodulated[None] * dstyles[:, None, :, None, None]).reshape(k * channels_out, channels_in,
+                                                                               *weight.shape[2:])
         du = conv(x, stacked).reshape(k, channels_out, *u.shape[2:])
     else:  # small images and large weights (the low-resolution blocks), or a stacked output too large
-        du = conv(x * dstyles[:, :, None, None], weight)
+        du = conv(x * dstyles[:, :, None, None], demodulated)
     if d is None:
         return y, du
     dd = -d.pow(3) * ((styles * dstyles) @ energy.T)  # [k, O]
-    return y, du * d[:, :, None, None] + u * dd[:, :, None, None]
+    return y, du.addcmul_(u, dd[:, :, None, None])  # d(u · d) = du · d + u · δd, in place: one pass
 
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
