@@ -209,10 +209,9 @@ def _approximate_gram(K: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     and returned in float32 (on a CPU the same operands are multiplied in float32). float16's range suffices: the
     columns of JV have energies σ, so ``|K̃_pc| ≤ (σ_c / (c_b σ_c + a))^½ < c_b^-½ ≤ √P`` (1,774 for a 3 × 1024²
     readout; float16 ends at 65,504); entries below its smallest subnormal are lost, a perturbation the exact
-    products correct like any other. (Measured on the H100, 1,000 regions at d = 9216: 0.47 s, as for TF32's
-    0.57 s little more than half the rate the FLOPs allow, cuBLAS serving this batched mixed-output GEMM with
-    sm75/sm80 kernels; float16 sums through the sm90 half GEMMs, K̃ pre-scaled to keep W̃ in range, took the same
-    0.47 s: benchmarks/NOTES.md item 20.)"""
+    products correct like any other. The operands are 16-byte aligned (rows padded by :func:`_gather_rows`,
+    columns here): unaligned, cuBLAS served this GEMM with sm75/sm80 kernels at 100–140 TFLOP/s, aligned with its
+    Hopper kernels at 450–830 (H100, 1,000 regions at d = 9216: 0.42 → 0.16 s; benchmarks/NOTES.md item 24)."""
     R, n, r = K.shape
     columns = -(-r // 8) * 8  # rows of K̃ on 16-byte boundaries (cuBLAS's Hopper kernels); extra columns zero
     half = torch.empty(R, n, columns, dtype=torch.float16, device=K.device)
