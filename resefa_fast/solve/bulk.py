@@ -129,13 +129,19 @@ def project_rows(jacobian: torch.Tensor, V: torch.Tensor, dtype: torch.dtype = t
 ROW_ALIGNMENT = 8
 
 
+def _padded_rows(count: int, P: int) -> int:
+    """The rows a chunk whose largest region has ``count`` rows is padded to: a multiple of :data:`ROW_ALIGNMENT`,
+    at most P."""
+    return min(-(-count // ROW_ALIGNMENT) * ROW_ALIGNMENT, P)
+
+
 def _gather_rows(weights: torch.Tensor):
     """Padded row indices and weights of each region: ``(rows [R, n], w [R, n], counts [R])``, n the largest count
-    rounded up to :data:`ROW_ALIGNMENT`; padding rows carry weight 0 (they add zero rows to K̃, i.e. zero
-    eigenvalues, and change nothing else)."""
+    padded by :func:`_padded_rows`; padding rows carry weight 0 (they add zero rows to K̃, i.e. zero eigenvalues,
+    and change nothing else)."""
     nonzero = weights > 0
     counts = nonzero.sum(dim=1)
-    n_max = min(-(-int(counts.max()) // ROW_ALIGNMENT) * ROW_ALIGNMENT, weights.shape[1])
+    n_max = _padded_rows(int(counts.max()), weights.shape[1])
     rows = torch.argsort(nonzero.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_max]
     return rows, torch.gather(weights, 1, rows), counts
 
@@ -466,14 +472,14 @@ def solve_bulk(basis: BulkBasis, regions: Regions, k: int, tau: float, normalize
     while start < R:
         stop = start + 1
         while stop < R:  # grow the chunk while K̃ and W (padded to the largest region) fit the budget
-            n = counts_sorted[stop]
+            n = _padded_rows(counts_sorted[stop], weights.shape[1])
             m = r if reduce is not None else min(n, r)
             mixed_bytes = 2 * n * r + 4 * n * n if gram == "mixed" and m == n else 0  # float16 K̃, float32 W̃
             if (stop + 1 - start) * ((n * r + 3 * m * m) * itemsize + mixed_bytes) > memory_budget:
                 break
             stop += 1
         index = order[start:stop]
-        n_max = counts_sorted[stop - 1]
+        n_max = _padded_rows(counts_sorted[stop - 1], weights.shape[1])
         m = r if reduce is not None else min(n_max, r)
         chunk_solver = solver
         if solver == "auto":
