@@ -177,7 +177,7 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: to
     cuDNN's 32-bit indexing, else the copies (a batch torch can split) -- plus the
     demodulation's derivative ``δd = −d³ ((s · ds) Σ_k W²ᵀ)``; both (w space) are summed before one convolution.
     The primal demodulation d is folded into every tangent convolution's weight and ``u · δd`` added in place, so
-    the tangents take two elementwise passes besides their convolution where they took six (w space)."""
+    the tangents take three elementwise passes besides their convolution where they took six (w space)."""
     conv = lambda inputs, w: conv2d_resample(inputs, w, f=f, up=up, padding=w.shape[-1] // 2,  # noqa: E731
                                              stride=stride)
     u = conv(x * styles[:, :, None, None], weight)
