@@ -14,22 +14,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+from bench_jacobian import Timer  # noqa: E402
+
 from resefa_fast.models.ops import setup_filter  # noqa: E402
-
-
-def timed(fn, repeats=5):
-    fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        out = fn()
-        stop.record()
-        torch.cuda.synchronize()
-        best = min(best, start.elapsed_time(stop))
-    return best, out
 
 
 def main(argv=None):
@@ -58,9 +48,10 @@ def main(argv=None):
                 F.conv2d(x.reshape(k * channels, 1, size, size), f1.reshape(1, 1, 4, 1)),
                 f1.reshape(1, 1, 1, 4)).reshape(k, channels, size - 3, size - 3),
         }
-        reference = None
+        reference, timer = None, Timer("cuda", warmup=1, repeats=5)
         for name, fn in variants.items():
-            ms, out = timed(fn)
+            seconds, _, out = timer(fn)
+            ms = seconds * 1e3
             reference = out if reference is None else reference
             diff = float((out - reference).abs().max() / reference.abs().max())
             gbs = (x.numel() + out.numel()) * 4 / ms / 1e6

@@ -18,23 +18,18 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+from bench_jacobian import Timer  # noqa: E402
+
 from resefa_fast.gram import batched_row_gram  # noqa: E402
 
 
-def timed(fn, repeats=5):
-    """Best seconds of ``fn()`` over ``repeats`` (CUDA events, after one warm-up) and the name of its longest
+def timed(fn):
+    """Best seconds of ``fn()`` (bench_jacobian's Timer: CUDA events, after a warm-up) and the name of its longest
     kernel."""
-    fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        torch.cuda.synchronize()
-        best = min(best, start.elapsed_time(stop) / 1e3)
+    best, _, _ = Timer("cuda", warmup=1, repeats=5)(fn)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
