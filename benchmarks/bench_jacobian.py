@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from resefa_fast.jacobian import engine, is_staged, jacobian, readouts, synthesize  # noqa: E402
-from resefa_fast.jacobian.engine import _is_oom  # noqa: E402
+from resefa_fast.jacobian.engine import PRECISIONS, _is_oom  # noqa: E402
 from resefa_fast.jacobian.toy import ToyGenerator  # noqa: E402
 from resefa_fast.models.configs import random_stylegan2  # noqa: E402
 
@@ -141,10 +141,13 @@ def main(argv=None):
     parser.add_argument("--no-reverse", action="store_true")
     parser.add_argument("--no-jacfwd", action="store_true")
     parser.add_argument("--precision-study", action="store_true",
-                        help="bf16 tangents vs float32: J, Gram and top-direction errors (full w-space J)")
-    parser.add_argument("--precision", default="float32", choices=("float32", "tf32"),
+                        help="float16 and bfloat16 tangents vs float32: J, Gram and top-direction errors (full "
+                             "w-space J)")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="of the floor and of our rows (DESIGN.md §5's plain-torch numbers, which the targets "
-                             "quote, ran with cuDNN's default tf32 convolutions); the correctness check is float32")
+                             "quote, ran with cuDNN's default tf32 convolutions; float16 / bfloat16: reduced-"
+                             "precision tangents, the floor under autocast, tf32 on); the correctness check is "
+                             "float32")
     parser.add_argument("--kernels", type=int, default=0,
                         help="also profile one chunk of 'ours' per space: the top N CUDA kernels and the share of "
                              "device time in convolutions / GEMMs against everything else")
@@ -155,7 +158,7 @@ def main(argv=None):
         args.resolution, args.w_dim, args.readout_size = 32, 16, 16
         args.device = args.device if args.device != "cuda" or torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision != "float32"
     # cuDNN's default algorithm choice, as the engine gets in use: with cudnn.benchmark every new convolution shape
     # (many per W+ row and chunk size) is autotuned, and on our StyleGAN2-1024 the run did not finish in 480 s
 
@@ -172,7 +175,9 @@ def main(argv=None):
     # the floor: a plain batched forward pass
     batch = args.baseline_chunk
     ws_batch = w.expand(batch, G.num_ws, G.w_dim).contiguous()
-    with torch.no_grad():
+    floor_autocast = torch.autocast(device.type, dtype=getattr(torch, args.precision),
+                                    enabled=args.precision in ("float16", "bfloat16"))
+    with torch.no_grad(), floor_autocast:
         seconds, peak, image = timer(lambda: readout(synthesize(G, ws_batch)))
     P = image[0].numel()
     floor_per_image = seconds / batch
@@ -346,26 +351,36 @@ def kernel_profile(fn, top):
 
 
 def precision_study(G, w, readout, chunk_size):
-    """bf16 tangents vs float32 on the full w-space J: relative error of J, of the unmasked and the "center" region
-    Grams, and the top-8 directions of the region (``resefa_fast.reference``, float64, τ = 1e-3): eigenvalue
-    relative errors and |cos|."""
+    """float16 and bfloat16 tangents vs float32 on the full w-space J: relative error of J, of the unmasked and the
+    "center" region Grams, and the top-8 directions of the region (``resefa_fast.reference``, float64, τ = 1e-3):
+    eigenvalue relative errors and |cos|; and each run's seconds (tf32 off for the float32 one)."""
     from resefa_fast import reference
 
-    J32 = jacobian(G, w, readout=readout, chunk_size=chunk_size, progress=False).double()
-    J16 = jacobian(G, w, readout=readout, chunk_size=chunk_size, precision="bfloat16", progress=False).double()
+    def run(precision):
+        started = time.perf_counter()
+        J = jacobian(G, w, readout=readout, chunk_size=chunk_size, precision=precision, progress=False).double()
+        return J, time.perf_counter() - started
+
+    J32, seconds32 = run("float32")
     side = int(round(J32.shape[0] ** 0.5))
     mask = torch.zeros(side, side, dtype=torch.float64)
     mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 1
     m = mask.reshape(-1).to(J32.device)
     top32 = reference.factorize(J32.reshape(side, side, -1).cpu(), mask, k=8)
-    top16 = reference.factorize(J16.reshape(side, side, -1).cpu(), mask, k=8)
-    result = {"J_rel_error": relative_error(J16, J32), "gram_rel_error": relative_error(J16.T @ J16, J32.T @ J32),
-              "region_gram_rel_error": relative_error((J16 * m[:, None]).T @ J16, (J32 * m[:, None]).T @ J32),
-              "top8_eigenvalue_rel_error": ((top16.eigenvalues - top32.eigenvalues).abs()
-                                            / top32.eigenvalues.abs()).tolist(),
-              "top8_abs_cos": (top16.directions * top32.directions).sum(1).abs().tolist()}
-    print("bf16 tangents vs float32:", json.dumps(result), flush=True)
-    return result
+    results = {"float32_seconds": seconds32}
+    for precision in ("float16", "bfloat16"):
+        J16, seconds = run(precision)
+        top16 = reference.factorize(J16.reshape(side, side, -1).cpu(), mask, k=8)
+        result = {"seconds": seconds, "J_rel_error": relative_error(J16, J32),
+                  "gram_rel_error": relative_error(J16.T @ J16, J32.T @ J32),
+                  "region_gram_rel_error": relative_error((J16 * m[:, None]).T @ J16, (J32 * m[:, None]).T @ J32),
+                  "top8_eigenvalue_rel_error": ((top16.eigenvalues - top32.eigenvalues).abs()
+                                                / top32.eigenvalues.abs()).tolist(),
+                  "top8_abs_cos": (top16.directions * top32.directions).sum(1).abs().tolist()}
+        print(f"{precision} tangents vs float32:", json.dumps(result), flush=True)
+        results[precision] = result
+        del J16
+    return results
 
 
 def describe(device):

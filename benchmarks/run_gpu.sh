@@ -4,7 +4,7 @@
 #   GIT_COMMIT=<sha> bash benchmarks/run_gpu.sh build tests bench:main_job bench:models ...
 #   (no arguments: build tests and every bench_*.py, which is longer than one call allows)
 # "tests" runs the test files whose tests are parametrised over CUDA; "tests:FILE" one file; "bench:NAME[:ARGS]"
-# runs benchmarks/bench_NAME.py --json $OUT/NAME.json ARGS; "profile:NAME[:ARGS]" benchmarks/profile_NAME.py ARGS
+# runs benchmarks/bench_NAME.py --json $OUT/NAME.json ARGS (repeats: NAME_2.json ...); "profile:NAME[:ARGS]" benchmarks/profile_NAME.py ARGS
 # (output in $OUT/profile_NAME.log, _2, _3 ... for repeats); "study:NAME[:ARGS]" benchmarks/study_NAME.py ARGS
 # ($OUT/study_NAME.log); "train:ARGS" runs python -m resefa_fast.train ARGS.
 set -uo pipefail
@@ -32,7 +32,8 @@ for step in "${steps[@]}"; do
     tests:*) f=${step#tests:}; timeout 400 python3 -m pytest -q -p no:cacheprovider "$f" > "$OUT/pytest_$(basename "$f" .py).log" 2>&1
       status "$f" "$(tail -1 "$OUT/pytest_$(basename "$f" .py).log") ($(( $(date +%s) - start )) s)";;
     bench:*) spec=${step#bench:}; name=${spec%%:*}; extra=""; [ "$spec" != "$name" ] && extra=${spec#*:}
-      timeout 480 python3 "benchmarks/bench_$name.py" --json "$OUT/$name.json" $extra > "$OUT/$name.log" 2>&1
+      base=$name; i=2; while [ -e "$OUT/$base.log" ]; do base="${name}_$i"; i=$((i + 1)); done  # repeats: _2, _3
+      timeout 480 python3 "benchmarks/bench_$name.py" --json "$OUT/$base.json" $extra > "$OUT/$base.log" 2>&1
       status "bench_$name" "rc=$? ($(( $(date +%s) - start )) s)";;
     profile:*) spec=${step#profile:}; name=${spec%%:*}; extra=""; [ "$spec" != "$name" ] && extra=${spec#*:}
       log="$OUT/profile_$name.log"; i=2; while [ -e "$log" ]; do log="$OUT/profile_${name}_$i.log"; i=$((i + 1)); done

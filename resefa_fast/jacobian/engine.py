@@ -34,9 +34,12 @@ from .targets import make_target
 __all__ = ["jacobian", "JacobianInfo", "jvp_columns", "PRECISIONS"]
 
 #: Compute modes: "float32" (tf32 off for matmuls *and* cuDNN convolutions, which default to tf32 on Ampere+),
-#: "tf32" (on), "bfloat16" / "float16" (autocast: reduced-precision tangents, opt-in; see
+#: "tf32" (on), "bfloat16" / "float16" (reduced-precision tangents, opt-in: a generator with explicit tangents
+#: carries them in that dtype at a float32 primal; any other callable runs under autocast; errors measured in
 #: resefa_fast/jacobian/NOTES.md).
 PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
+#: The dtype explicit tangents are carried in, per precision (absent: the latent's).
+TANGENT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 #: Chunk size on the CPU when none is given (memory is rarely the limit there; larger chunks stop paying off).
 CPU_CHUNK = 32
 #: Largest automatic chunk on CUDA (beyond this the tangent batch is already large enough to fill an H100).
@@ -52,8 +55,7 @@ MEMORY_FRACTION = 0.8
 #: (``readouts.Readout.sampling`` and ``StagedGenerator.run_last_stage_sampled``). False: always the full image.
 SAMPLE_LAST_STAGE = True
 #: Use a staged generator's explicit tangents (``rows_jvp``, StyleGAN2) instead of ``vmap(jvp)`` for w latents and
-#: on the row-wise W+ layer-skip path, in the "float32" and "tf32" modes (the reduced-precision modes keep
-#: torch.func's, whose error was measured). False: always torch.func.
+#: on the row-wise W+ layer-skip path, in every precision. False: always torch.func.
 EXPLICIT_TANGENTS = True
 
 
@@ -169,7 +171,7 @@ def jacobian(
         if stride > 1:  # the readout is tail(image[..., ::stride, ::stride]): the last stage makes only those pixels
             read = _pixels(tail)
         plain = _plain_staged(fn, read, stride)
-        explicit = (EXPLICIT_TANGENTS and precision in ("float32", "tf32") and callable(getattr(fn, "rows_jvp", None))
+        explicit = (EXPLICIT_TANGENTS and callable(getattr(fn, "rows_jvp", None))
                     and (latents[0].dim() == 1 or (skip and getattr(fn, "accepts_ws_rows", False))))
     else:
         check(layer_skip != True, "layer_skip", "False or 'auto' for a callable without the "  # noqa: E712
@@ -184,15 +186,16 @@ def jacobian(
         grid = _check_fn(plain, latents[0]) if check_fn else output_grid(tuple(_shape_of(plain, latents[0])))
         if check_fn and explicit:
             _check_explicit_tangents(fn, latents[0], read, stride, plain)
-    with _precision(precision, device), torch.no_grad():
+    tangent_dtype = TANGENT_DTYPES.get(precision) if explicit else None
+    with _precision(precision, device, autocast=not explicit), torch.no_grad():
         chunks = _Chunker(chunk_size, device, d)
         bar = _progress(progress, len(latents) * wanted.numel())
         try:
             target.begin(len(latents), grid, wanted.numel(), device, dtype)
             for n, x in enumerate(latents):
-                groups = _staged_groups(fn, x, read, stride, explicit) if skip else [
+                groups = _staged_groups(fn, x, read, stride, explicit, tangent_dtype) if skip else [
                     _Group(0, torch.arange(d), plain, fn.num_stages if staged else 1,
-                           tangents=_w_tangents(fn, x, read, stride) if explicit else None)]
+                           tangents=_w_tangents(fn, x, read, stride, tangent_dtype) if explicit else None)]
                 for group in groups:
                     local = group.local[position[group.local + group.offset] >= 0]
                     if local.numel() == 0:
@@ -371,15 +374,16 @@ def _plain_staged(generator, read, stride: int = 1):
     return evaluate
 
 
-def _staged_groups(generator, ws: torch.Tensor, read, stride: int = 1, explicit: bool = False) -> List[_Group]:
+def _staged_groups(generator, ws: torch.Tensor, read, stride: int = 1, explicit: bool = False,
+                   tangent_dtype: Optional[torch.dtype] = None) -> List[_Group]:
     """Tangent groups of W+ ``ws`` ``[L, w_dim]`` by first stage, each evaluating from the cached primal state
     entering its stage (so its state tangent is zero there). ``stride`` as in :func:`_plain_staged`.
 
     A generator with ``accepts_ws_rows = True`` gets one group per W+ row l, and ``run_stage`` receives W+ as a
     tuple of rows ``[1, w_dim]`` in which only row l carries the tangent: the layers that read other rows (their
     styles, demodulation, the convolutions before the first layer reading l) then run without a tangent at all.
-    With ``explicit`` the generator's ``rows_jvp`` makes each row's image tangents, and torch.func differentiates only
-    the readout."""
+    With ``explicit`` the generator's ``rows_jvp`` makes each row's image tangents (in ``tangent_dtype``, None: the
+    latent's), and torch.func differentiates only the readout."""
     first = first_stages(generator)
     cache = primal_states(generator, ws[None], sorted(set(first)))
     groups = []
@@ -392,8 +396,8 @@ def _staged_groups(generator, ws: torch.Tensor, read, stride: int = 1, explicit:
             tangents = None
             if explicit:
                 def tangents(t, s=s, row=row):
-                    return _read_tangents(read, *generator.rows_jvp((row,), s, cache[s], tuple(rows), t,
-                                                                    stride=stride))
+                    return _read_tangents(read, *generator.rows_jvp((row,), s, cache[s], tuple(rows),
+                                                                    t.to(tangent_dtype or t.dtype), stride=stride))
             groups.append(_Group(s, torch.arange(generator.w_dim), evaluate, generator.num_stages - s,
                                  primal=ws[row], offset=row * generator.w_dim, tangents=tangents))
         return groups
@@ -407,19 +411,23 @@ def _staged_groups(generator, ws: torch.Tensor, read, stride: int = 1, explicit:
     return groups
 
 
-def _w_tangents(generator, w: torch.Tensor, read, stride: int = 1):
+def _w_tangents(generator, w: torch.Tensor, read, stride: int = 1, tangent_dtype: Optional[torch.dtype] = None):
     """The explicit tangents of a staged generator at a w latent ``[w_dim]`` (repeated on every W+ row) or a W+
-    latent ``[num_ws, w_dim]``, for tangents moving every row alike: ``t [k, w_dim] -> [k, P]``."""
+    latent ``[num_ws, w_dim]``, for tangents moving every row alike: ``t [k, w_dim] -> [k, P]``, carried through
+    the generator in ``tangent_dtype`` (None: ``t``'s)."""
     ws = w.expand(generator.num_ws, generator.w_dim)[None]
 
     def tangents(t):
-        return _read_tangents(read, *generator.rows_jvp(range(generator.num_ws), 0, None, ws, t, stride=stride))
+        return _read_tangents(read, *generator.rows_jvp(range(generator.num_ws), 0, None, ws,
+                                                        t.to(tangent_dtype or t.dtype), stride=stride))
     return tangents
 
 
 def _read_tangents(read, image: torch.Tensor, image_tangents: torch.Tensor) -> torch.Tensor:
     """The pixels' tangents ``[k, P]`` of image tangents ``[k, C, H, W]`` at ``image`` ``[1, C, H, W]``: the
-    readout's own JVP (torch.func: readouts are small next to the generator and need not be linear)."""
+    readout's own JVP (torch.func: readouts are small next to the generator and need not be linear), in the
+    image's dtype (reduced-precision tangents end at the readout)."""
+    image_tangents = image_tangents.to(image.dtype)
     pixels = vmap(lambda dimage: jvp(read, (image,), (dimage,))[1])(image_tangents[:, None])
     return pixels.reshape(image_tangents.shape[0], -1)
 
@@ -479,14 +487,15 @@ def _check_fn(evaluate, x: torch.Tensor) -> Tuple[int, int, int]:
 
 
 @contextlib.contextmanager
-def _precision(precision: str, device: torch.device):
-    """tf32 on only for "tf32"; autocast for the reduced-precision tangent modes. Restores the flags after."""
+def _precision(precision: str, device: torch.device, autocast: bool = True):
+    """tf32 on only for "tf32"; autocast for the reduced-precision tangent modes when ``autocast`` (not for
+    explicit tangents, which carry their own dtype). Restores the flags after."""
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     try:
-        if precision in ("bfloat16", "float16"):
+        if autocast and precision in TANGENT_DTYPES:
             with torch.autocast(device.type, dtype=getattr(torch, precision)):
                 yield
         else:

@@ -133,6 +133,8 @@ def bias_act_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], bias: Optional[tor
     if inside is not None:
         window = inside.to(x.dtype)
         mask = window if mask is None else window * mask
+    if isinstance(mask, torch.Tensor):
+        mask = mask.to(dx.dtype)  # tangents keep their own dtype (half ones: reduced precision)
     return x, dx if mask is None else dx * mask
 
 
@@ -177,7 +179,9 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: to
     cuDNN's 32-bit indexing, else the copies (a batch torch can split) -- plus the
     demodulation's derivative ``δd = −d³ ((s · ds) Σ_k W²ᵀ)``; both (w space) are summed before one convolution.
     The primal demodulation d is folded into every tangent convolution's weight and ``u · δd`` added in place, so
-    the tangents take three elementwise passes besides their convolution where they took six (w space)."""
+    the tangents take three elementwise passes besides their convolution where they took six (w space).
+    Tangents may be of a dtype of their own (float16 / bfloat16: the engine's reduced-precision modes); the primal
+    quantities are cast to it where they meet them, and ``dy`` has it."""
     conv = lambda inputs, w: conv2d_resample(inputs, w, f=f, up=up, padding=w.shape[-1] // 2,  # noqa: E731
                                              stride=stride)
     u = conv(x * styles[:, :, None, None], weight)
@@ -192,24 +196,27 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: to
     if dx is None and dstyles is None:
         return y, None
     check(x.shape[0] == 1, "x", "one primal [1, I, H, W] when tangents are given", tuple(x.shape))
+    tangent = (dx if dx is not None else dstyles).dtype  # the tangents' own dtype (a half one: reduced precision)
     if dstyles is None:  # conv(dx · s) · d = conv(dx, W · s · d): one convolution, no pass over the tangents
-        return y, conv(dx, weight * styles[0][None, :, None, None] * (1.0 if d is None else d[0][:, None, None, None]))
+        scaled = weight * styles[0][None, :, None, None] * (1.0 if d is None else d[0][:, None, None, None])
+        return y, conv(dx, scaled.to(tangent))
     k, (channels_out, channels_in) = dstyles.shape[0], weight.shape[:2]
     # the demodulation folded into the weight: the convolution returns du · d, no pass over the tangents for it
-    demodulated = weight if d is None else weight * d[0][:, None, None, None]
+    demodulated = (weight if d is None else weight * d[0][:, None, None, None]).to(tangent)
+    x_t = x.to(tangent)  # the primal where it meets the tangents (one image: no cost)
     if dx is not None:  # both move (w space): one convolution of dx · s + x · ds, built in two passes, not three
-        du = conv((dx * styles[:, :, None, None]).addcmul_(x, dstyles[:, :, None, None]), demodulated)
+        du = conv((dx * styles.to(tangent)[:, :, None, None]).addcmul_(x_t, dstyles[:, :, None, None]), demodulated)
     elif (channels_out * weight[0, 0].numel() <= x[0, 0].numel()  # per tangent, W · ds is no larger than x · ds
           and k * channels_out * _spatial_bound(x, weight, up, stride) < _INT32_ELEMENTS):
         stacked = (demodulated[None] * dstyles[:, None, :, None, None]).reshape(k * channels_out, channels_in,
                                                                                *weight.shape[2:])
-        du = conv(x, stacked).reshape(k, channels_out, *u.shape[2:])
+        du = conv(x_t, stacked).reshape(k, channels_out, *u.shape[2:])
     else:  # small images and large weights (the low-resolution blocks), or a stacked output too large
-        du = conv(x * dstyles[:, :, None, None], demodulated)
+        du = conv(x_t * dstyles[:, :, None, None], demodulated)
     if d is None:
         return y, du
-    dd = -d.pow(3) * ((styles * dstyles) @ energy.T)  # [k, O]
-    return y, du.addcmul_(u, dd[:, :, None, None])  # d(u · d) = du · d + u · δd, in place: one pass
+    dd = (-d.pow(3) * ((styles * dstyles.to(styles.dtype)) @ energy.T)).to(tangent)  # [k, O]
+    return y, du.addcmul_(u.to(tangent), dd[:, :, None, None])  # d(u · d) = du · d + u · δd, in place: one pass
 
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

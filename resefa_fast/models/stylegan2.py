@@ -67,7 +67,7 @@ class FullyConnectedLayer(nn.Module):
         """The forward-mode tangent ``dx @ (W · lr/√in)ᵀ`` ``[k, out]`` of a linear layer (the styles' affines)."""
         check(self.activation == "linear", "activation", "'linear' for a tangent independent of the primal",
               self.activation)
-        return dx @ (self.weight * self.weight_gain).T
+        return dx @ (self.weight * self.weight_gain).T.to(dx.dtype)
 
 
 class MappingNetwork(nn.Module):
@@ -186,7 +186,7 @@ class Conv2dLayer(nn.Module):
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size * kernel_size)
 
     def forward(self, x: torch.Tensor, gain: float = 1.0, stride: int = 1) -> torch.Tensor:
-        x = ops.conv2d_resample(x, self.weight * self.weight_gain, f=self.resample_filter, up=self.up,
+        x = ops.conv2d_resample(x, (self.weight * self.weight_gain).to(x.dtype), f=self.resample_filter, up=self.up,
                                 padding=self.weight.shape[-1] // 2, stride=stride)
         return x * gain if gain != 1 else x
 
@@ -327,7 +327,8 @@ class SynthesisNetwork(nn.Module):
 
         The tangents are propagated explicitly, layer by layer, with the primal styles and demodulation folded into
         each convolution's weight (``ops.modulated_conv2d_jvp``) and the activations' derivatives in one mask: the
-        values of ``torch.func.jvp`` to float rounding, in fewer passes over the tangents."""
+        values of ``torch.func.jvp`` to float rounding, in fewer passes over the tangents. The tangents keep
+        ``dw``'s dtype (float16 / bfloat16: reduced-precision tangents at a float32 primal)."""
         noise_mode = self.noise_mode if noise_mode is None else noise_mode
         rows = frozenset(rows)
         check(len(rows) > 0 and all(0 <= r < self.num_ws for r in rows), "rows",
@@ -343,7 +344,7 @@ class SynthesisNetwork(nn.Module):
             s = stride if i == self.num_stages - 1 else 1
             x, img, dx, dimg = block.forward_jvp(x, img, ws, self._rows[i][0], noise_mode, s, dx, dimg, rows, dw)
         if dimg is None:  # no layer from `start` on reads the rows
-            dimg = torch.zeros((dw.shape[0],) + tuple(img.shape[1:]), dtype=img.dtype, device=img.device)
+            dimg = torch.zeros((dw.shape[0],) + tuple(img.shape[1:]), dtype=dw.dtype, device=img.device)
         return img, dimg
 
 
