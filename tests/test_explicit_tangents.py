@@ -217,3 +217,56 @@ def test_engine_explicit_tangents_on_the_gpu(space, monkeypatch):
     J_func, _ = jacobian(G, latent, **kwargs)
     assert info.explicit_tangents
     assert relative_error(J, J_func) <= 1e-5
+
+
+#: Unit roundoff of the half tangent dtypes (2^-11, 2^-8).
+UNIT_ROUNDOFF = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+
+
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+@pytest.mark.parametrize("space", ["w", "W+"])
+@pytest.mark.parametrize("architecture,conv_clamp", [("skip", None), ("resnet", 0.6)])
+def test_engine_carries_reduced_precision_tangents_in_that_dtype(precision, space, architecture, conv_clamp):
+    """precision="float16" / "bfloat16" with explicit tangents: the tangents are stored in that dtype through every
+    layer (not autocast, whose elementwise passes stay float32), so J's error against float64 is a few unit
+    roundoffs of it -- well above float32's rounding (the half dtype is really used) and at most 10 u (each layer
+    rounds the tangents a few times; u = 2^-11, 2^-8). Measured: float16 0.5-1.5e-3, bfloat16 3.5-9.5e-3."""
+    G = generator(32, architecture, conv_clamp=conv_clamp, w_dim=16)
+    ws = G.map(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(3)))[0]
+    latent = ws[0] if space == "w" else ws
+    kwargs = dict(readout=readouts.original(8), chunk_size=13, progress=False)
+    J64 = jacobian(G.double(), latent.double(), **kwargs)
+    J, info = jacobian(G.float(), latent, precision=precision, return_info=True, **kwargs)
+    assert info.explicit_tangents and J.dtype == torch.float32
+    u = UNIT_ROUNDOFF[precision]
+    assert u / 10 <= relative_error(J.double(), J64) <= 10 * u
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("which", ["x", "styles", "both"])
+def test_modulated_conv2d_jvp_keeps_the_tangents_dtype(dtype, which):
+    """Half tangents at a float32 primal: ``dy`` in the tangents' dtype and equal to the float32 tangents of the
+    same (rounded) inputs to a few unit roundoffs (the products accumulate in float32; the result is rounded)."""
+    generator_ = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 6, 16, 16, generator=generator_)
+    weight = torch.randn(5, 6, 3, 3, generator=generator_)
+    styles = torch.randn(1, 6, generator=generator_) + 1
+    dx = torch.randn(4, 6, 16, 16, generator=generator_).to(dtype) if which != "styles" else None
+    ds = torch.randn(4, 6, generator=generator_).to(dtype) if which != "x" else None
+    _, dy = ops.modulated_conv2d_jvp(x, dx, weight, styles, ds, True, 2, ops.setup_filter())
+    _, expected = ops.modulated_conv2d_jvp(x, None if dx is None else dx.float(), weight, styles,
+                                           None if ds is None else ds.float(), True, 2, ops.setup_filter())
+    u = UNIT_ROUNDOFF[str(dtype).split(".")[1]]
+    assert dy.dtype == dtype and relative_error(dy.float(), expected) <= 8 * u
+
+
+def test_float16_tangents_that_overflow_are_refused_with_the_way_out():
+    """float16 has a range of 65504: tangents past it become Inf, which the engine refuses, naming bfloat16."""
+    G = generator(32, w_dim=16)
+    ws = G.map(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(3)))[0]
+    with torch.no_grad():
+        G.synthesis.b32.torgb.weight.mul_(1e6)  # the image (and its tangents) ~1e6 times larger
+    with pytest.raises(ResefaError, match="bfloat16"):
+        jacobian(G, ws[0], readout=readouts.original(8), precision="float16", progress=False)
+    J = jacobian(G, ws[0], readout=readouts.original(8), precision="bfloat16", progress=False)
+    assert bool(torch.isfinite(J).all())

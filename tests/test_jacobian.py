@@ -480,7 +480,7 @@ def test_engine_output_feeds_the_solvers(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (tf32 convolutions)")
-@pytest.mark.parametrize("precision", ["tf32", "bfloat16"])
+@pytest.mark.parametrize("precision", ["tf32", "bfloat16", "float16"])
 def test_reduced_precision_on_cuda_passes_the_checks(precision):
     """The input checks (determinism, ...) run in float32: under tf32 two calls may round differently, which must
     not be mistaken for random noise. The reduced-precision J is as close to the float32 J as reverse mode in the

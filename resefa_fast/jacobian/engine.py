@@ -205,8 +205,10 @@ def jacobian(
                     for cols, block in chunks.run(group.columns, primal, local):
                         cols = cols + group.offset
                         if not bool(torch.isfinite(block).all()):
+                            hint = (" (float16 tangents overflow past 65504: precision='bfloat16' has float32's "
+                                    "range)" if tangent_dtype == torch.float16 else "")
                             raise ResefaError(f"`fn` must give finite outputs; its JVP has NaN/Inf in latent code "
-                                              f"{n}, columns {int(cols[0])}..{int(cols[-1])}")
+                                              f"{n}, columns {int(cols[0])}..{int(cols[-1])}{hint}")
                         target.write(n, position[cols], block)
                         info.stage_runs += cols.numel() * group.stages
                         bar.update(cols.numel())
