@@ -130,7 +130,9 @@ def jacobian(
             (original layout ``[N, H, W, 1, d]`` / ``[N, C, H, W, 1, d]``, atomic), a tensor to fill,
             ``Memmap(path, layout)`` or ``Grams(weights)`` (masked Grams without keeping J).
         dtype: dtype of the stored J (default: the latent's; the ``.npy`` file is always float32).
-        precision: one of :data:`PRECISIONS`; "float32" turns tf32 off for the run.
+        precision: one of :data:`PRECISIONS`; "float32" turns tf32 off for the run; "float16" / "bfloat16" carry
+            a generator's explicit tangents in that dtype (faster; J error ≈ 1e-3 / 7e-3, see jacobian/NOTES.md),
+            other callables run under autocast.
         layer_skip: True / False / "auto" (on for a staged generator given W+).
         progress: tqdm bar: None = when stderr is a terminal, True / False = always / never.
         check_fn: run the input checks on ``fn`` (mutation, determinism, NaN/Inf, dependence) before the chunks.
