@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from resefa_fast.jacobian import engine, is_staged, jacobian, readouts, synthesize  # noqa: E402
 from resefa_fast.jacobian.engine import PRECISIONS, _is_oom  # noqa: E402
 from resefa_fast.jacobian.toy import ToyGenerator  # noqa: E402
+from resefa_fast.models import ops  # noqa: E402
 from resefa_fast.models.configs import random_stylegan2  # noqa: E402
 
 #: Forward vs reverse mode in float32 (DESIGN.md §6).
@@ -148,6 +149,9 @@ def main(argv=None):
                              "quote, ran with cuDNN's default tf32 convolutions; float16 / bfloat16: reduced-"
                              "precision tangents, the floor under autocast, tf32 on); the correctness check is "
                              "float32")
+    parser.add_argument("--compare-unfused", action="store_true",
+                        help="also time 'ours' with the explicit tangents' elementwise work as torch passes "
+                             "(models.ops.FUSED_TANGENTS off) instead of the fused CUDA kernel")
     parser.add_argument("--kernels", type=int, default=0,
                         help="also profile one chunk of 'ours' per space: the top N CUDA kernels and the share of "
                              "device time in convolutions / GEMMs against everything else")
@@ -272,17 +276,19 @@ def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
     rows = []
     by_row = hasattr(G, "accepts_ws_rows")  # a generator that can take W+ as a tuple of rows
     explicit = by_row and callable(getattr(G, "rows_jvp", None))  # the generator's own tangents
-    # (name, layer skip, W+ by rows, explicit tangents where the engine can use them)
-    variants = [("ours", False, False, True)] + (
-        [("ours + layer skip", True, False, True)] if space == "wplus" else []) + (
-        [("ours + layer skip by row", True, True, True)] if space == "wplus" and by_row else []) + (
-        [("ours + layer skip by row, torch.func tangents", True, True, False)] if space == "wplus" and explicit
+    # (name, layer skip, W+ by rows, explicit tangents where the engine can use them, fused tangent passes)
+    variants = [("ours", False, False, True, True)] + (
+        [("ours, tangent passes unfused", False, False, True, False)] if args.compare_unfused else []) + (
+        [("ours + layer skip", True, False, True, True)] if space == "wplus" else []) + (
+        [("ours + layer skip by row", True, True, True, True)] if space == "wplus" and by_row else []) + (
+        [("ours + layer skip by row, torch.func tangents", True, True, False, True)] if space == "wplus" and explicit
         else [])
-    for name, skip, rows_on, explicit_on in variants:
+    for name, skip, rows_on, explicit_on, fused in variants:
         info = {}
         if by_row:
             G.accepts_ws_rows = rows_on  # W+ as a tuple of rows: one row carries the tangent (StagedGenerator)
         engine.EXPLICIT_TANGENTS = explicit_on
+        ops.FUSED_TANGENTS = fused  # one CUDA kernel between two convolutions, or torch's passes
 
         def run(skip=skip, info=info):
             J, info["run"] = jacobian(G, latent, readout=readout, columns=sample, chunk_size=args.chunk_size,
@@ -297,7 +303,7 @@ def bench_space(space, G, w, readout, pixels_of, P, timer, args, report):
                        stage_runs_without_skip=stats.stage_runs_without_skip,
                        explicit_tangents=stats.explicit_tangents, sampled_stride=stats.sampled_stride)
         rows.append(row)
-    engine.EXPLICIT_TANGENTS = True
+    engine.EXPLICIT_TANGENTS = ops.FUSED_TANGENTS = True
     if by_row:
         G.accepts_ws_rows = False
     if args.kernels and device.type == "cuda":

@@ -180,6 +180,41 @@ std::tuple<torch::Tensor, torch::Tensor> gather_scaled_rows(const torch::Tensor&
   return {out, counts};
 }
 
+const float* optional_primal(const c10::optional<torch::Tensor>& t, const char* name, int64_t C, int64_t Q) {
+  if (!t.has_value()) return nullptr;
+  check_cuda_tensor(*t, name, at::kFloat);
+  require(t->numel() == C * Q, std::string(name) + " must have C*Q elements");
+  return t->data_ptr<float>();
+}
+
+const float* optional_coefficients(const c10::optional<torch::Tensor>& t, const char* name, int64_t k, int64_t C) {
+  if (!t.has_value()) return nullptr;
+  check_cuda_tensor(*t, name, at::kFloat);
+  require(t->dim() == 2 && t->size(0) == k && t->size(1) == C, std::string(name) + " must be [k, C]");
+  return t->data_ptr<float>();
+}
+
+torch::Tensor tangent_affine(const torch::Tensor& base, c10::optional<torch::Tensor> A, c10::optional<torch::Tensor> B,
+                             c10::optional<torch::Tensor> e, c10::optional<torch::Tensor> X,
+                             c10::optional<torch::Tensor> f) {
+  static const std::unordered_map<int, resefa::TangentType> types = {
+      {int(at::kFloat), resefa::TangentType::kFloat32}, {int(at::kHalf), resefa::TangentType::kFloat16},
+      {int(at::kBFloat16), resefa::TangentType::kBFloat16}};
+  const auto type = types.find(int(base.scalar_type()));
+  require(type != types.end(), "base must be float32, float16 or bfloat16");
+  check_cuda_tensor(base, "base", base.scalar_type());
+  require(base.dim() >= 2, "base must be [k, C, ...]");
+  const c10::cuda::CUDAGuard guard(base.device());
+  const int64_t k = base.size(0), C = base.size(1), Q = k * C == 0 ? 0 : base.numel() / (k * C);
+  resefa::TangentAffineParams p;
+  auto out = torch::empty_like(base);
+  p.base = base.data_ptr(), p.out = out.data_ptr(), p.type = type->second, p.k = k, p.C = C, p.Q = Q;
+  p.A = optional_primal(A, "A", C, Q), p.B = optional_primal(B, "B", C, Q), p.X = optional_primal(X, "X", C, Q);
+  p.e = optional_coefficients(e, "e", k, C), p.f = optional_coefficients(f, "f", k, C);
+  raise_if_failed(resefa::tangent_affine(p, at::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
 std::tuple<torch::Tensor, torch::Tensor> syevdx_topk(const torch::Tensor& a, int64_t k) {
   const auto dtype = data_type(a);
   check_cuda_tensor(a, "A", a.scalar_type());
@@ -240,7 +275,8 @@ std::tuple<torch::Tensor, torch::Tensor> gesvdr_topk(const torch::Tensor& a, int
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "resefa_fast CUDA core (csrc/): masked Grams, refined-route operands, bulk-path gathers, cuSOLVER top-k";
+  m.doc() = "resefa_fast CUDA core (csrc/): masked Grams, refined-route operands, bulk-path gathers, cuSOLVER top-k, "
+          "tangent affine maps";
   m.attr("cuda_version") = CUDART_VERSION;  // toolkit the extension was compiled with, e.g. 13000
   m.def("masked_grams", &masked_grams, "grams[r] = J^T diag(w_r) J and traces", py::arg("jacobian"),
         py::arg("weights"), py::arg("out") = py::none(), py::arg("accumulate") = false, py::arg("precision") = 0,
@@ -254,4 +290,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sygvdx_topk", &sygvdx_topk, "generalised top-k A x = l B x (values desc, vectors [k, n], x^T B x = 1)");
   m.def("syev_batched", &syev_batched, "batched eigh: values [b, n] ascending, vectors [b, n, n] rows");
   m.def("gesvdr_topk", &gesvdr_topk, "randomised top-k SVD: s [k], right vectors [k, n] rows");
+  m.def("tangent_affine", &tangent_affine, "out = base*A + B (x) e + X (x) f over k tangents [k, C, ...]",
+        py::arg("base"), py::arg("A") = py::none(), py::arg("B") = py::none(), py::arg("e") = py::none(),
+        py::arg("X") = py::none(), py::arg("f") = py::none());
 }

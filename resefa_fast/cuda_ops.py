@@ -205,3 +205,34 @@ def truncated_svd(a: torch.Tensor, k: int, oversample: int = 10, niters: int = 2
     check(isinstance(niters, int) and niters >= 0, "niters", "a non-negative int", niters)
     s, rows = _call("gesvdr_topk", a.contiguous(), k, oversample, niters)
     return s, rows.mT
+
+
+#: Tangent dtypes :func:`tangent_affine` takes.
+TANGENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def tangent_affine(base: torch.Tensor, A: Optional[torch.Tensor] = None, B: Optional[torch.Tensor] = None,
+                   e: Optional[torch.Tensor] = None, X: Optional[torch.Tensor] = None,
+                   f: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``out[t, c, q] = base[t, c, q] · A[c, q] + B[c, q] · e[t, c] + X[c, q] · f[t, c]`` in one pass over the k
+    tangents (``resefa_fast.models.ops.affine_tangents`` uses it between two convolutions of the explicit
+    tangents). ``base`` ``[k, C, ...]`` float32 / float16 / bfloat16 CUDA, ``out`` alike; ``A``, ``B``, ``X``
+    float32 with ``C·Q`` elements (Q = the product of base's trailing sizes; A None: 1); ``e``, ``f`` float32
+    ``[k, C]``, given with B and X respectively. Arithmetic in float32, one rounding to base's dtype."""
+    _check_tensor(base, "base", base.dim(), dtypes=TANGENT_DTYPES)
+    check(base.dim() >= 2, "base", "[k, C, ...]", tuple(base.shape))
+    k, C = base.shape[:2]
+    Q = base[0, 0].numel()
+    for name, t in (("A", A), ("B", B), ("X", X)):
+        if t is not None:
+            _check_tensor(t, name, t.dim())
+            check(t.numel() == C * Q and t.device == base.device, name,
+                  f"{C * Q} float32 elements (C·Q) on {base.device}", f"{t.numel()} on {t.device}")
+    for name, t, partner in (("e", e, B), ("f", f, X)):
+        check((t is None) == (partner is None), name, "given exactly when its primal term (B / X) is", t is None)
+        if t is not None:
+            _check_tensor(t, name, 2)
+            check(tuple(t.shape) == (k, C) and t.device == base.device, name, f"[{k}, {C}] on {base.device}",
+                  f"{tuple(t.shape)} on {t.device}")
+    contiguous = [None if t is None else t.contiguous() for t in (A, B, e, X, f)]
+    return _call("tangent_affine", base.contiguous(), *contiguous)

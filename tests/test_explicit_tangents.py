@@ -270,3 +270,66 @@ def test_float16_tangents_that_overflow_are_refused_with_the_way_out():
         jacobian(G, ws[0], readout=readouts.original(8), precision="float16", progress=False)
     J = jacobian(G, ws[0], readout=readouts.original(8), precision="bfloat16", progress=False)
     assert bool(torch.isfinite(J).all())
+
+
+#: Where affine_tangents runs: torch's passes on the CPU, the fused kernel on CUDA (with the extension).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+#: Unit roundoff per tangent dtype (float32's too: the result is rounded once to the tangents' dtype).
+ROUNDING = {torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("size,offset", [((4, 4), 0), ((5, 3), 0), ((4, 4), 1)])  # wide / one-element accesses
+@pytest.mark.parametrize("terms", ["all", "scale", "primal", "x", "per-channel scale"])
+def test_affine_tangents_equals_its_formula(device, dtype, size, offset, terms, monkeypatch):
+    """``base · scale + primal ⊗ coeff + x ⊗ dstyles`` against float64, each element within one rounding to the
+    tangents' dtype plus float32 arithmetic; every element written (the output is compared in full). ``offset``
+    shifts base by one element (misaligned for 4-wide accesses: the kernel must take its one-element path); on
+    CUDA the fused kernel must be the one that ran."""
+    if device == "cuda":
+        from resefa_fast._ext import load_extension
+        if load_extension() is None:
+            pytest.skip("the CUDA extension is not built")
+    g = torch.Generator().manual_seed(7)
+    k, C = 5, 6
+    storage = torch.randn(offset + k * C * size[0] * size[1], generator=g).to(dtype)
+    base = storage[offset:].view(k, C, *size)
+    grid = lambda: torch.randn(1, C, *size, generator=g)  # noqa: E731
+    scale = {"all": grid(), "scale": grid(), "per-channel scale": torch.randn(1, C, 1, 1, generator=g)}.get(terms)
+    primal, coeff = (grid(), torch.randn(k, C, generator=g)) if terms in ("all", "primal") else (None, None)
+    x, dstyles = (grid(), torch.randn(k, C, generator=g).to(dtype)) if terms in ("all", "x") else (None, None)
+    calls = []
+    if device == "cuda":
+        from resefa_fast import cuda_ops
+        kernel = cuda_ops.tangent_affine
+        monkeypatch.setattr(cuda_ops, "tangent_affine", lambda *a: calls.append(1) or kernel(*a))
+    to = lambda t: None if t is None else t.to(device)  # noqa: E731
+    out = ops.affine_tangents(to(base), to(scale), to(primal), to(coeff), to(x), to(dstyles)).cpu()
+    assert out.dtype == dtype and out.shape == base.shape and calls == ([1] if device == "cuda" else [])
+    parts = [base.double() * (1.0 if scale is None else scale.double())]
+    parts += [p.double() * c.double()[:, :, None, None] for p, c in ((primal, coeff), (x, dstyles)) if p is not None]
+    expected = sum(parts)
+    magnitude = sum(part.abs() for part in parts)
+    assert bool(((out.double() - expected).abs() <= ROUNDING[dtype] * expected.abs() + 4 * 2.0 ** -24 * magnitude)
+                .all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fused tangent kernel)")
+@pytest.mark.parametrize("architecture", ["skip", "resnet"])
+@pytest.mark.parametrize("space", ["w", "W+"])
+def test_engine_with_the_fused_tangent_kernel_equals_torch_passes(architecture, space, monkeypatch):
+    """The engine's explicit tangents with ``FUSED_TANGENTS`` on (one kernel between two convolutions) and off
+    (torch's passes): the same J to float32 rounding (cuDNN off: its algorithm choice alone moves J by ~1e-4)."""
+    from resefa_fast._ext import load_extension
+    if load_extension() is None:
+        pytest.skip("the CUDA extension is not built")
+    G = generator(32, architecture, conv_clamp=0.6, w_dim=16).cuda()
+    ws = G.map(torch.randn(1, G.z_dim, device="cuda"))[0]
+    latent = ws[0] if space == "w" else ws
+    kwargs = dict(readout=readouts.original(8), chunk_size=13, progress=False)
+    with torch.backends.cudnn.flags(enabled=False):
+        fused = jacobian(G, latent, **kwargs)
+        monkeypatch.setattr(ops, "FUSED_TANGENTS", False)
+        unfused = jacobian(G, latent, **kwargs)
+    assert relative_error(fused, unfused) <= SAME_RTOL

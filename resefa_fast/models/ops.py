@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
+from .. import cuda_ops
+from .._ext import load_extension
 from ..errors import check
 
 __all__ = ["setup_filter", "upfirdn2d", "upsample2d", "conv2d_resample", "bias_act", "bias_act_jvp",
-           "modulated_conv2d", "modulated_conv2d_jvp", "normalize_2nd_moment", "LRELU_GAIN", "DEMODULATION_EPS"]
+           "modulated_conv2d", "modulated_conv2d_jvp", "normalize_2nd_moment", "LRELU_GAIN", "DEMODULATION_EPS",
+           "PendingTangent", "affine_tangents", "resolve", "FUSED_TANGENTS"]
 
 #: Gain of the leaky ReLU (slope 0.2) in StyleGAN2: √2 keeps the activations' second moment.
 LRELU_GAIN = math.sqrt(2.0)
@@ -90,6 +93,56 @@ def conv2d_resample(x: torch.Tensor, weight: torch.Tensor, f: Optional[torch.Ten
     return upfirdn2d(x, f, padding=(p0 + t, p1 + t, p0 + t, p1 + t), gain=up * up, stride=stride)
 
 
+#: Run :func:`affine_tangents` as one CUDA kernel (``resefa_fast._C.tangent_affine``) where it applies (CUDA
+#: tangents, a float32 primal, the extension loaded); False: always torch's passes (the same values to rounding).
+FUSED_TANGENTS = True
+
+
+class PendingTangent(NamedTuple):
+    """Tangents ``base · scale + primal ⊗ coeff`` ``[k, C, H, W]`` not yet formed: a modulated layer's output
+    (``du + u · δd``) and its activation mask wait for the next layer's modulation, so that the three run as one
+    pass over the tangents (:func:`affine_tangents`) instead of four. ``scale`` and ``primal`` are primal-sized
+    (broadcastable to ``[1, C, H, W]``, the primal's dtype; None: 1 and no term), ``coeff`` ``[k, C]``."""
+    base: torch.Tensor
+    scale: Optional[torch.Tensor] = None
+    primal: Optional[torch.Tensor] = None
+    coeff: Optional[torch.Tensor] = None
+
+
+Tangent = Union[torch.Tensor, PendingTangent]
+
+
+def affine_tangents(base: torch.Tensor, scale: Optional[torch.Tensor] = None, primal: Optional[torch.Tensor] = None,
+                    coeff: Optional[torch.Tensor] = None, x: Optional[torch.Tensor] = None,
+                    dstyles: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``base · scale + primal ⊗ coeff + x ⊗ dstyles`` for tangents ``base`` ``[k, C, H, W]`` (their dtype kept):
+    ``scale``, ``primal``, ``x`` broadcastable to ``[1, C, H, W]`` (None: 1, no term, no term), ``coeff`` and
+    ``dstyles`` ``[k, C]``. Computed in the primal's precision and rounded once to the tangents' dtype; on CUDA one
+    kernel reads ``base`` once and writes the result once (``FUSED_TANGENTS``)."""
+    terms = [(p, c) for p, c in ((primal, coeff), (x, dstyles)) if p is not None]
+    primal_dtype = next((t.dtype for t in (scale, primal, x) if t is not None), base.dtype)
+    if (FUSED_TANGENTS and base.is_cuda and primal_dtype == torch.float32 and base.dtype in cuda_ops.TANGENT_DTYPES
+            and load_extension() is not None):
+        shape = (1,) + tuple(base.shape[1:])
+        grid = [None if t is None else t.expand(shape).float() for t in (scale, primal, x)]
+        return cuda_ops.tangent_affine(base, grid[0], grid[1], None if coeff is None else coeff.float(), grid[2],
+                                       None if dstyles is None else dstyles.float())
+    out = base if scale is None else base * scale
+    for p, c in terms:
+        c = c.to(primal_dtype)[:, :, None, None]
+        out = torch.addcmul(out, p, c) if out is base else out.addcmul_(p, c)
+    return out.to(base.dtype)
+
+
+def resolve(tangent: Optional[Tangent]) -> Optional[torch.Tensor]:
+    """The tangents a :class:`PendingTangent` stands for, formed (one pass); a tensor or None as it is."""
+    if isinstance(tangent, PendingTangent):
+        if tangent.scale is None and tangent.primal is None:
+            return tangent.base
+        return affine_tangents(*tangent)
+    return tangent
+
+
 def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "linear", gain: float = 1.0,
              clamp: Optional[float] = None) -> torch.Tensor:
     """``clamp(act(x + bias) · gain, -clamp, clamp)``; ``bias`` ``[C]`` on dim 1; ``activation`` "linear" or
@@ -105,12 +158,13 @@ def _clamp_passes_bounds() -> bool:
     return bool(torch.func.jvp(lambda v: v.clamp(-1.0, 1.0), (at_bounds,), (torch.ones(2),))[1].all())
 
 
-def bias_act_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+def bias_act_jvp(x: torch.Tensor, dx: Optional[Tangent], bias: Optional[torch.Tensor],
                  activation: str = "linear", gain: float = 1.0, clamp: Optional[float] = None):
     """:func:`bias_act` of a primal ``x`` ``[1, C, H, W]`` and its forward-mode tangents ``dx`` ``[k, C, H, W]``
     (None: no tangent): ``(y, dy)``. ``dy = dx · M`` with one mask ``M`` from the primal (leaky ReLU slope, gain,
     clamp), the derivatives torch's own forward-mode rules use (slope 0.2 at 0; at the clamp's bounds
-    whatever torch's version does)."""
+    whatever torch's version does). A :class:`PendingTangent` ``dx`` gives a pending ``dy``: the mask joins its
+    scale, no pass over the tangents."""
     if bias is not None:
         x = x + bias.reshape([1, -1] + [1] * (x.ndim - 2))
     slope = None
@@ -133,6 +187,12 @@ def bias_act_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], bias: Optional[tor
     if inside is not None:
         window = inside.to(x.dtype)
         mask = window if mask is None else window * mask
+    if isinstance(dx, PendingTangent):
+        if mask is None:
+            return x, dx
+        mask = torch.as_tensor(mask, dtype=x.dtype, device=x.device)
+        return x, PendingTangent(dx.base, mask if dx.scale is None else dx.scale * mask,
+                                 None if dx.primal is None else dx.primal * mask, dx.coeff)
     if isinstance(mask, torch.Tensor):
         mask = mask.to(dx.dtype)  # tangents keep their own dtype (half ones: reduced precision)
     return x, dx if mask is None else dx * mask
@@ -166,9 +226,10 @@ def _spatial_bound(x: torch.Tensor, weight: torch.Tensor, up: int, stride: int) 
     return (x.shape[2] * up + weight.shape[2]) * (x.shape[3] * up + weight.shape[3])
 
 
-def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: torch.Tensor, styles: torch.Tensor,
+def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[Tangent], weight: torch.Tensor, styles: torch.Tensor,
                          dstyles: Optional[torch.Tensor], demodulate: bool = True, up: int = 1,
-                         f: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None, stride: int = 1):
+                         f: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None, stride: int = 1,
+                         pending: bool = False):
     """:func:`modulated_conv2d` of one primal (``x`` ``[1, I, H, W]``, ``styles`` ``[1, I]``) and its forward-mode
     tangents ``dx`` ``[k, I, H, W]`` and ``dstyles`` ``[k, I]`` (either None: zero): ``(y, dy)``.
 
@@ -180,6 +241,9 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: to
     demodulation's derivative ``δd = −d³ ((s · ds) Σ_k W²ᵀ)``; both (w space) are summed before one convolution.
     The primal demodulation d is folded into every tangent convolution's weight and ``u · δd`` added in place, so
     the tangents take three elementwise passes besides their convolution where they took six (w space).
+    ``dx`` may be a :class:`PendingTangent` (the previous layer's output with its mask); with ``pending=True`` the
+    result is one too (``du`` and ``u · δd`` not yet summed): a layer's epilogue, its activation and the next
+    layer's modulation then take one pass over the tangents between two convolutions (:func:`affine_tangents`).
     Tangents may be of a dtype of their own (float16 / bfloat16: the engine's reduced-precision modes); the primal
     quantities are cast to it where they meet them, and ``dy`` has it."""
     conv = lambda inputs, w: conv2d_resample(inputs, w, f=f, up=up, padding=w.shape[-1] // 2,  # noqa: E731
@@ -196,16 +260,20 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: to
     if dx is None and dstyles is None:
         return y, None
     check(x.shape[0] == 1, "x", "one primal [1, I, H, W] when tangents are given", tuple(x.shape))
-    tangent = (dx if dx is not None else dstyles).dtype  # the tangents' own dtype (a half one: reduced precision)
+    # the tangents' own dtype (a half one: reduced precision)
+    tangent = (dx.base if isinstance(dx, PendingTangent) else dx if dx is not None else dstyles).dtype
     if dstyles is None:  # conv(dx · s) · d = conv(dx, W · s · d): one convolution, no pass over the tangents
         scaled = weight * styles[0][None, :, None, None] * (1.0 if d is None else d[0][:, None, None, None])
-        return y, conv(dx, scaled.to(tangent))
+        return y, conv(resolve(dx), scaled.to(tangent))
     k, (channels_out, channels_in) = dstyles.shape[0], weight.shape[:2]
     # the demodulation folded into the weight: the convolution returns du · d, no pass over the tangents for it
     demodulated = (weight if d is None else weight * d[0][:, None, None, None]).to(tangent)
     x_t = x.to(tangent)  # the primal where it meets the tangents (one image: no cost)
-    if dx is not None:  # both move (w space): one convolution of dx · s + x · ds, built in two passes, not three
-        du = conv((dx * styles.to(tangent)[:, :, None, None]).addcmul_(x_t, dstyles[:, :, None, None]), demodulated)
+    if dx is not None:  # both move (w space): one convolution of dx · s + x · ds, built in one pass
+        dx = dx if isinstance(dx, PendingTangent) else PendingTangent(dx)
+        s_ = styles[:, :, None, None]
+        du = conv(affine_tangents(dx.base, s_ if dx.scale is None else dx.scale * s_,
+                                  None if dx.primal is None else dx.primal * s_, dx.coeff, x, dstyles), demodulated)
     elif (channels_out * weight[0, 0].numel() <= x[0, 0].numel()  # per tangent, W · ds is no larger than x · ds
           and k * channels_out * _spatial_bound(x, weight, up, stride) < _INT32_ELEMENTS):
         stacked = (demodulated[None] * dstyles[:, None, :, None, None]).reshape(k * channels_out, channels_in,
@@ -215,8 +283,10 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[torch.Tensor], weight: to
         du = conv(x_t * dstyles[:, :, None, None], demodulated)
     if d is None:
         return y, du
-    dd = (-d.pow(3) * ((styles * dstyles.to(styles.dtype)) @ energy.T)).to(tangent)  # [k, O]
-    return y, du.addcmul_(u.to(tangent), dd[:, :, None, None])  # d(u · d) = du · d + u · δd, in place: one pass
+    dd = -d.pow(3) * ((styles * dstyles.to(styles.dtype)) @ energy.T)  # [k, O]
+    if pending:  # d(u · d) = du · d + u · δd, summed by the consumer's pass
+        return y, PendingTangent(du, None, u, dd)
+    return y, du.addcmul_(u.to(tangent), dd.to(tangent)[:, :, None, None])  # in place: one pass
 
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -145,7 +145,7 @@ class SynthesisLayer(nn.Module):
             noise = noise[..., ::stride, ::stride]
         dstyles = None if dw is None else self.affine.linear_tangent(dw)
         x, dx = ops.modulated_conv2d_jvp(x, dx, self.weight, styles, dstyles, demodulate=True, up=self.up,
-                                         f=self.resample_filter, noise=noise, stride=stride)
+                                         f=self.resample_filter, noise=noise, stride=stride, pending=True)
         clamp = None if self.conv_clamp is None else self.conv_clamp * gain
         return ops.bias_act_jvp(x, dx, self.bias, "lrelu", gain=ops.LRELU_GAIN * gain, clamp=clamp)
 
@@ -240,11 +240,12 @@ class SynthesisBlock(nn.Module):
             r += 1
         elif self.architecture == "resnet":
             y = self.skip(x, gain=math.sqrt(0.5), stride=stride)
+            dx = ops.resolve(dx)
             dy = None if dx is None else self.skip(dx, gain=math.sqrt(0.5), stride=stride)
             x, dx = self.conv0.forward_jvp(x, _row(ws, r), dx, row_tangent(r), noise_mode)
             x, dx = self.conv1.forward_jvp(x, _row(ws, r + 1), dx, row_tangent(r + 1), noise_mode,
                                            gain=math.sqrt(0.5), stride=stride)
-            x, dx = y + x, _add(dy, dx)
+            x, dx = y + x, _add(dy, ops.resolve(dx))
             r += 2
         else:
             x, dx = self.conv0.forward_jvp(x, _row(ws, r), dx, row_tangent(r), noise_mode)

@@ -93,6 +93,25 @@ Status region_counts(const GatherParams& p, int32_t* pixel_lists, cudaStream_t s
 Status gather_scaled_rows(const GatherParams& p, const int32_t* pixel_lists, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------------------------
+// Tangent affine map of the Jacobian engine's explicit tangents (k tangents of a [C, Q] activation, Q = H·W):
+//   out[t, c, q] = base[t, c, q] · A[c, q] + B[c, q] · e[t, c] + X[c, q] · f[t, c]
+// base / out in the tangents' dtype, everything else float32; A null means 1, B / e and X / f null mean the term is
+// absent. Arithmetic in float32 (two FMAs), one rounding to the tangents' dtype. out must not alias base.
+enum class TangentType { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+struct TangentAffineParams {
+  const void* base = nullptr;  // [k, C, Q]
+  void* out = nullptr;         // [k, C, Q]
+  TangentType type = TangentType::kFloat32;
+  const float* A = nullptr;    // [C, Q]
+  const float* B = nullptr;    // [C, Q]
+  const float* e = nullptr;    // [k, C]
+  const float* X = nullptr;    // [C, Q]
+  const float* f = nullptr;    // [k, C]
+  int64_t k = 0, C = 0, Q = 0;
+};
+Status tangent_affine(const TangentAffineParams& p, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------------------------
 // cuSOLVER routines. Matrices are symmetric, so row- vs column-major does not matter on input; eigenvectors come
 // back as rows of `vectors` ([k, n]), eigenvalues descending.
 struct DeviceBuffer {  // workspace supplied by the caller's allocator
