@@ -99,7 +99,8 @@ def _model_options(parser):
                        help="pixels analysed: original (as the original code: nearest resize to 256, channel sum "
                             "above 256), original:SIZE, area:SIZE[:rgb|sum|gray], rgb, gray, sum")
     group.add_argument("--precision", choices=PRECISIONS, default="float32",
-                       help="arithmetic of the Jacobian's forward passes (default float32: tf32 off)")
+                       help="arithmetic of the Jacobian's forward passes (default float32: tf32 off; float16 / "
+                            "bfloat16: reduced-precision tangents, faster, J error about 1e-3 / 7e-3)")
 
 
 def _open(args, spec):
