@@ -47,4 +47,17 @@ cuda_ops.sygvdx_topk(a, a + torch.eye(40, device="cuda", dtype=torch.float64), 3
 cuda_ops.syevj_batched(a.float().expand(5, 40, 40).contiguous())
 cuda_ops.truncated_svd(torch.randn(200, 40, device="cuda"), 4, 8, 1)
 torch.cuda.synchronize()
+# the tangent affine map: 4-wide accesses (Q = 12) in each tangent dtype, one-element ones (Q = 7; base a view one
+# element off alignment), with and without each term
+for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    for Q in (12, 7):
+        base = torch.randn(5, 3, Q, device="cuda").to(dtype)
+        A, B, X = (torch.randn(3, Q, device="cuda") for _ in range(3))
+        e, f = torch.randn(5, 3, device="cuda"), torch.randn(5, 3, device="cuda")
+        cuda_ops.tangent_affine(base, A, B, e, X, f)
+        cuda_ops.tangent_affine(base, None, B, e)
+        cuda_ops.tangent_affine(base, A, None, None, X, f)
+    misaligned = torch.randn(5 * 3 * 12 + 1, device="cuda").to(dtype)[1:].view(5, 3, 12)
+    cuda_ops.tangent_affine(misaligned, torch.randn(3, 12, device="cuda"), torch.randn(3, 12, device="cuda"), e)
+torch.cuda.synchronize()
 print("sanitize ok")
