@@ -3,7 +3,7 @@
 # under $OUT, a short table last. Steps are chosen on the command line (a device call is limited to 10 minutes):
 #   GIT_COMMIT=<sha> bash benchmarks/run_gpu.sh build tests bench:main_job bench:models ...
 #   (no arguments: build tests and every bench_*.py, which is longer than one call allows)
-# "tests" runs the test files whose tests are parametrised over CUDA; "tests:FILE" one file; "bench:NAME[:ARGS]"
+# "sanitize" runs compute-sanitizer memcheck over a small call of every extension kernel; "tests" runs the test files whose tests are parametrised over CUDA; "tests:FILE" one file; "bench:NAME[:ARGS]"
 # runs benchmarks/bench_NAME.py --json $OUT/NAME.json ARGS (repeats: NAME_2.json ...); "profile:NAME[:ARGS]" benchmarks/profile_NAME.py ARGS
 # (output in $OUT/profile_NAME.log, _2, _3 ... for repeats); "study:NAME[:ARGS]" benchmarks/study_NAME.py ARGS
 # ($OUT/study_NAME.log); "train:ARGS" runs python -m resefa_fast.train ARGS.
@@ -27,6 +27,9 @@ for step in "${steps[@]}"; do
       else status build "FAILED (see build.log)"; tail -30 "$OUT/build.log"; fi
       python3 -c 'import resefa_fast as rf, json; print(json.dumps(rf.backend_info()["extension"]))' > "$OUT/extension.txt" 2>&1
       status extension "$(head -c 150 "$OUT/extension.txt")";;
+    sanitize) timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_cuda_ops.py \
+        > "$OUT/sanitize.log" 2>&1
+      status sanitize "rc=$? $(tail -1 "$OUT/sanitize.log") ($(( $(date +%s) - start )) s)";;
     tests) timeout 400 python3 -m pytest -q -p no:cacheprovider $GPU_TESTS > "$OUT/pytest.log" 2>&1
       status tests "$(tail -1 "$OUT/pytest.log") ($(( $(date +%s) - start )) s)";;
     tests:*) f=${step#tests:}; timeout 400 python3 -m pytest -q -p no:cacheprovider "$f" > "$OUT/pytest_$(basename "$f" .py).log" 2>&1
