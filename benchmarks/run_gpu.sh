@@ -3,10 +3,11 @@
 # under $OUT, a short table last. Steps are chosen on the command line (a device call is limited to 10 minutes):
 #   GIT_COMMIT=<sha> bash benchmarks/run_gpu.sh build tests bench:main_job bench:models ...
 #   (no arguments: build tests and every bench_*.py, which is longer than one call allows)
-# "sanitize" runs compute-sanitizer memcheck over a small call of every extension kernel; "tests" runs the test files whose tests are parametrised over CUDA; "tests:FILE" one file; "bench:NAME[:ARGS]"
-# runs benchmarks/bench_NAME.py --json $OUT/NAME.json ARGS (repeats: NAME_2.json ...); "profile:NAME[:ARGS]" benchmarks/profile_NAME.py ARGS
-# (output in $OUT/profile_NAME.log, _2, _3 ... for repeats); "study:NAME[:ARGS]" benchmarks/study_NAME.py ARGS
-# ($OUT/study_NAME.log); "train:ARGS" runs python -m resefa_fast.train ARGS.
+# "sanitize": compute-sanitizer memcheck over a small call of every extension kernel; "tests": the test files whose
+# tests are parametrised over CUDA; "tests:FILE": one file; "bench:NAME[:ARGS]": benchmarks/bench_NAME.py --json
+# $OUT/NAME.json ARGS (repeats: NAME_2.json ...); "profile:NAME[:ARGS]": benchmarks/profile_NAME.py ARGS (output
+# in $OUT/profile_NAME.log, _2, _3 ... for repeats); "study:NAME[:ARGS]": benchmarks/study_NAME.py ARGS
+# ($OUT/study_NAME.log); "train:ARGS": python -m resefa_fast.train ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
