@@ -179,8 +179,9 @@ def main(argv=None):
     # the floor: a plain batched forward pass
     batch = args.baseline_chunk
     ws_batch = w.expand(batch, G.num_ws, G.w_dim).contiguous()
-    floor_autocast = torch.autocast(device.type, dtype=getattr(torch, args.precision),
-                                    enabled=args.precision in ("float16", "bfloat16"))
+    half = args.precision in ("float16", "bfloat16")
+    floor_autocast = torch.autocast(device.type, dtype=getattr(torch, args.precision) if half else None,
+                                    enabled=half)
     with torch.no_grad(), floor_autocast:
         seconds, peak, image = timer(lambda: readout(synthesize(G, ws_batch)))
     P = image[0].numel()
