@@ -239,11 +239,11 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[Tangent], weight: torch.T
     take less memory than k scaled copies of x (high resolutions, few channels) and the stacked output stays within
     cuDNN's 32-bit indexing, else the copies (a batch torch can split) -- plus the
     demodulation's derivative ``δd = −d³ ((s · ds) Σ_k W²ᵀ)``; both (w space) are summed before one convolution.
-    The primal demodulation d is folded into every tangent convolution's weight and ``u · δd`` added in place, so
-    the tangents take three elementwise passes besides their convolution where they took six (w space).
+    The primal demodulation d is folded into every tangent convolution's weight, so ``dy = du + u · δd``.
     ``dx`` may be a :class:`PendingTangent` (the previous layer's output with its mask); with ``pending=True`` the
     result is one too (``du`` and ``u · δd`` not yet summed): a layer's epilogue, its activation and the next
-    layer's modulation then take one pass over the tangents between two convolutions (:func:`affine_tangents`).
+    layer's modulation ``dx · s + x · ds`` then take one pass over the tangents between two convolutions
+    (:func:`affine_tangents`), where torch's passes took four.
     Tangents may be of a dtype of their own (float16 / bfloat16: the engine's reduced-precision modes); the primal
     quantities are cast to it where they meet them, and ``dy`` has it."""
     conv = lambda inputs, w: conv2d_resample(inputs, w, f=f, up=up, padding=w.shape[-1] // 2,  # noqa: E731
@@ -268,7 +268,7 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[Tangent], weight: torch.T
     k, (channels_out, channels_in) = dstyles.shape[0], weight.shape[:2]
     # the demodulation folded into the weight: the convolution returns du · d, no pass over the tangents for it
     demodulated = (weight if d is None else weight * d[0][:, None, None, None]).to(tangent)
-    x_t = x.to(tangent)  # the primal where it meets the tangents (one image: no cost)
+    x_t = x.to(tangent)  # the primal where a convolution meets the tangents (one image: no cost)
     if dx is not None:  # both move (w space): one convolution of dx · s + x · ds, built in one pass
         dx = dx if isinstance(dx, PendingTangent) else PendingTangent(dx)
         s_ = styles[:, :, None, None]

@@ -228,7 +228,8 @@ class SynthesisBlock(nn.Module):
     def forward_jvp(self, x, img, ws, first: int, noise_mode: str = "const", stride: int = 1, dx=None, dimg=None,
                     rows: frozenset = frozenset(), dw: Optional[torch.Tensor] = None):
         """``(x, img, dx, dimg)``: :meth:`forward` at one primal and the forward-mode tangents of its outputs, for
-        tangents ``dx``, ``dimg`` of its inputs and ``dw`` ``[k, w_dim]`` of each W+ row in ``rows`` (None: zero)."""
+        tangents ``dx``, ``dimg`` of its inputs and ``dw`` ``[k, w_dim]`` of each W+ row in ``rows`` (None: zero).
+        ``dx`` in and out may be an ``ops.PendingTangent`` (formed by the next modulated layer's single pass)."""
         def row_tangent(r):
             return dw if r in rows else None
 
