@@ -284,9 +284,8 @@ def modulated_conv2d_jvp(x: torch.Tensor, dx: Optional[Tangent], weight: torch.T
     if d is None:
         return y, du
     dd = -d.pow(3) * ((styles * dstyles.to(styles.dtype)) @ energy.T)  # [k, O]
-    if pending:  # d(u · d) = du · d + u · δd, summed by the consumer's pass
-        return y, PendingTangent(du, None, u, dd)
-    return y, du.addcmul_(u.to(tangent), dd.to(tangent)[:, :, None, None])  # in place: one pass
+    dy = PendingTangent(du, None, u, dd)  # d(u · d) = du · d + u · δd
+    return y, dy if pending else resolve(dy)  # pending: summed by the consumer's pass
 
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -219,7 +219,7 @@ def _approximate_gram(K: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     columns here): unaligned, cuBLAS served this GEMM with sm75/sm80 kernels at 100–140 TFLOP/s, aligned with its
     Hopper kernels at 450–830 (H100, 1,000 regions at d = 9216: 0.42 → 0.16 s; benchmarks/NOTES.md item 24)."""
     R, n, r = K.shape
-    columns = -(-r // 8) * 8  # rows of K̃ on 16-byte boundaries (cuBLAS's Hopper kernels); extra columns zero
+    columns = -(-r // ROW_ALIGNMENT) * ROW_ALIGNMENT  # rows of K̃ on 16-byte boundaries; extra columns zero
     half = torch.empty(R, n, columns, dtype=torch.float16, device=K.device)
     torch.mul(K, scale[:, None, :], out=half[..., :r])  # scale and round in one pass
     half[..., r:].zero_()
